@@ -1,0 +1,28 @@
+# Two entry points (README): `make demo` runs the main job, `make test` runs the tests.
+# Both create .venv on first use with the CPU torch pin; GPU users install the package into
+# their own environment instead (pip install -e .), keeping their CUDA torch.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.swd-installed
+
+.PHONY: setup demo test clean-venv
+
+$(STAMP): pyproject.toml scripts/install_data_deps.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test,data]'
+	PYTHON=$(PY) bash scripts/install_data_deps.sh
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/swd bench flops --arch sd35-large --schedule sd35-large-4
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,121 @@
+"""What every model adapter shares: the text condition and the feature-capture hook.
+
+An adapter wraps a diffusers transformer and speaks the sampler's language: latents
+(B, C, H, W) and per-sample noise levels sigma (B,) in, velocity (B, C, H, W) out. It can also
+return the image-token hidden states after a chosen block, which the MMD loss and the GAN head
+read. Features come from a forward hook on that block; diffusers' forward is never replaced.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from swd.errors import SwdError
+
+
+@dataclass
+class TextCondition:
+    """Encoded prompts: token states (B, L, D_joint) and a pooled vector (B, D_pooled)."""
+
+    prompt_embeds: torch.Tensor
+    pooled: torch.Tensor
+
+    def __post_init__(self):
+        if self.prompt_embeds.ndim != 3 or self.pooled.ndim != 2:
+            raise SwdError(
+                "condition: prompt_embeds must be (B, L, D) and pooled (B, D), got "
+                f"{tuple(self.prompt_embeds.shape)} and {tuple(self.pooled.shape)}"
+            )
+        if self.prompt_embeds.shape[0] != self.pooled.shape[0]:
+            raise SwdError("condition: prompt_embeds and pooled have different batch sizes")
+
+    @property
+    def batch_size(self) -> int:
+        return self.prompt_embeds.shape[0]
+
+    def to(self, *args, **kwargs) -> "TextCondition":
+        return TextCondition(self.prompt_embeds.to(*args, **kwargs), self.pooled.to(*args, **kwargs))
+
+    def repeat(self, n: int) -> "TextCondition":
+        """Each prompt n times in a row: (p0, p0, ..., p1, p1, ...)."""
+        return TextCondition(
+            self.prompt_embeds.repeat_interleave(n, dim=0), self.pooled.repeat_interleave(n, dim=0)
+        )
+
+    def expand_to(self, batch: int) -> "TextCondition":
+        """Broadcast a single prompt (batch 1) to `batch` samples; other sizes must already match."""
+        if self.batch_size == batch:
+            return self
+        if self.batch_size == 1:
+            return TextCondition(
+                self.prompt_embeds.expand(batch, -1, -1), self.pooled.expand(batch, -1)
+            )
+        raise SwdError(f"condition: batch of {self.batch_size} prompts does not match {batch} latents")
+
+    @staticmethod
+    def cat(conds: list["TextCondition"]) -> "TextCondition":
+        return TextCondition(
+            torch.cat([c.prompt_embeds for c in conds]), torch.cat([c.pooled for c in conds])
+        )
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook to skip the blocks after the feature block."""
+
+
+class FeatureCapture:
+    """Keeps the image tokens a block outputs; optionally stops the forward right there.
+
+    diffusers' joint blocks (SD3, FLUX double and single) return (text_states, image_states);
+    we keep image_states, shape (B, T_image, C). The hook acts only while armed, so activation
+    recomputation under gradient checkpointing (which replays the block) does not re-trigger it.
+    """
+
+    def __init__(self):
+        self.features: torch.Tensor | None = None
+        self._armed = False
+        self._stop = False
+
+    def hook(self, module: nn.Module, inputs, output):
+        if not self._armed:
+            return None
+        self.features = output[1] if isinstance(output, tuple) else output
+        self._armed = False
+        if self._stop:
+            raise _StopForward
+        return None
+
+    @contextmanager
+    def capturing(self, block: nn.Module, stop: bool):
+        self.features, self._armed, self._stop = None, True, stop
+        handle = block.register_forward_hook(self.hook)
+        try:
+            yield self
+        except _StopForward:
+            pass
+        finally:
+            self._armed = False
+            handle.remove()
+
+
+def sigma_vector(sigma, batch: int, device, dtype=torch.float32) -> torch.Tensor:
+    """A float, 0-d or (B,) tensor of noise levels as a (B,) tensor."""
+    sigma = torch.as_tensor(sigma, dtype=dtype, device=device)
+    if sigma.ndim == 0:
+        sigma = sigma.expand(batch)
+    if sigma.shape != (batch,):
+        raise SwdError(f"sigma: expected a number or shape ({batch},), got {tuple(sigma.shape)}")
+    return sigma
+
+
+def check_block_index(block: int, num_blocks: int) -> int:
+    if not isinstance(block, int) or isinstance(block, bool):
+        raise SwdError(f"feature_block: expected an int, got {block!r}")
+    index = block if block >= 0 else num_blocks + block
+    if not 0 <= index < num_blocks:
+        raise SwdError(f"feature_block: {block} is out of range for a model with {num_blocks} blocks")
+    return index

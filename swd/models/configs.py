@@ -1,0 +1,101 @@
+"""Architectures as plain data: the real SD3.5 / FLUX transformer configs and tiny test ones.
+
+Real-size configs are used to build models on the meta device (FLOP counts, memory estimates)
+or with random weights on a GPU (latency); no weights are downloaded. The numbers are those of
+the public diffusers `transformer/config.json` files of each model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from swd.errors import SwdError
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    family: str  # "sd3" or "flux"
+    transformer: dict  # kwargs of the diffusers transformer class
+    text_tokens: int  # encoder sequence length the model is used with
+    vae_scaling_factor: float = 1.0
+    vae_shift_factor: float = 0.0
+    vae_downsample: int = 8  # pixels per latent pixel
+    default_schedule: str = ""
+    feature_block: int = 0  # block whose image tokens feed MMD / GAN (SWD_SPEC section 4)
+    teacher_cfg: float = 1.0
+    notes: str = field(default="", compare=False)
+
+    def build(self, device=None):
+        """The diffusers transformer with random weights (pass device='meta' for no memory)."""
+        import torch
+
+        cls = transformer_class(self.family)
+        if device is None:
+            return cls(**self.transformer)
+        with torch.device(device):
+            return cls(**self.transformer)
+
+
+def transformer_class(family: str):
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    return {"sd3": SD3Transformer2DModel, "flux": FluxTransformer2DModel}[family]
+
+
+_SD3_COMMON = dict(in_channels=16, out_channels=16, patch_size=2, attention_head_dim=64,
+                   joint_attention_dim=4096, pooled_projection_dim=2048, qk_norm="rms_norm",
+                   sample_size=128)
+
+ARCHS: dict[str, ArchSpec] = {
+    "sd35-large": ArchSpec(
+        name="sd35-large", family="sd3",
+        transformer=dict(_SD3_COMMON, num_layers=38, num_attention_heads=38, caption_projection_dim=2432,
+                         pos_embed_max_size=192),
+        text_tokens=333,  # 77 CLIP + 256 T5 tokens
+        vae_scaling_factor=1.5305, vae_shift_factor=0.0609,
+        default_schedule="sd35-large-4", feature_block=20, teacher_cfg=4.5,
+        notes="SD3.5 Large, 8.1B parameters",
+    ),
+    "sd35-medium": ArchSpec(
+        name="sd35-medium", family="sd3",
+        transformer=dict(_SD3_COMMON, num_layers=24, num_attention_heads=24, caption_projection_dim=1536,
+                         pos_embed_max_size=384, dual_attention_layers=tuple(range(13))),
+        text_tokens=333,
+        vae_scaling_factor=1.5305, vae_shift_factor=0.0609,
+        default_schedule="sd35-medium-6", feature_block=11, teacher_cfg=7.0,
+        notes="SD3.5 Medium (MMDiT-X), 2.2B parameters",
+    ),
+    "flux-dev": ArchSpec(
+        name="flux-dev", family="flux",
+        transformer=dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
+                         attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
+                         pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
+        text_tokens=512,  # T5 tokens of FLUX-dev
+        vae_scaling_factor=0.3611, vae_shift_factor=0.1159,
+        default_schedule="flux-dev-4", feature_block=20, teacher_cfg=1.0,
+        notes="FLUX.1-dev, 11.9B parameters, embedded guidance",
+    ),
+    # Tiny random configs for tests: same code paths, seconds on a CPU.
+    "tiny-sd3": ArchSpec(
+        name="tiny-sd3", family="sd3",
+        transformer=dict(sample_size=32, patch_size=2, in_channels=4, out_channels=4, num_layers=2,
+                         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
+                         caption_projection_dim=16, pooled_projection_dim=8, pos_embed_max_size=16),
+        text_tokens=6, default_schedule="", feature_block=0,
+    ),
+    "tiny-flux": ArchSpec(
+        name="tiny-flux", family="flux",
+        transformer=dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
+                         pooled_projection_dim=8, guidance_embeds=True, axes_dims_rope=(2, 2, 4)),
+        text_tokens=6, default_schedule="", feature_block=1,
+    ),
+}
+
+
+def get_arch(name: str) -> ArchSpec:
+    try:
+        return ARCHS[name]
+    except KeyError:
+        raise SwdError(f"arch: unknown {name!r}; choose one of {', '.join(ARCHS)}") from None

@@ -1,0 +1,129 @@
+"""Adapter over diffusers' FluxTransformer2DModel.
+
+FLUX takes latents packed into 2x2 patches as a token sequence, with RoPE position ids per
+token. Scale-wise sampling changes the latent size every step, so ids are rebuilt from the
+current h, w at every call; latents are packed on the way in and unpacked on the way out, so
+the sampler upsamples ordinary (B, C, H, W) tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from swd.errors import SwdError
+from swd.models.base import FeatureCapture, TextCondition, check_block_index, sigma_vector
+
+PACK = 2  # FLUX packs 2x2 latent pixels into one token
+
+
+def pack_latents(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/2 * W/2, 4C), channel-major within each 2x2 patch."""
+    b, c, h, w = x.shape
+    x = x.view(b, c, h // PACK, PACK, w // PACK, PACK)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // PACK) * (w // PACK), c * PACK * PACK)
+
+
+def unpack_latents(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of pack_latents for a latent of size height x width."""
+    b, _, d = tokens.shape
+    c = d // (PACK * PACK)
+    x = tokens.view(b, height // PACK, width // PACK, c, PACK, PACK)
+    return x.permute(0, 3, 1, 4, 2, 5).reshape(b, c, height, width)
+
+
+def image_position_ids(height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """RoPE ids (H/2 * W/2, 3): (0, row, column) of every packed token, row-major."""
+    rows = torch.arange(height // PACK, device=device, dtype=dtype)
+    cols = torch.arange(width // PACK, device=device, dtype=dtype)
+    grid_r, grid_c = torch.meshgrid(rows, cols, indexing="ij")
+    ids = torch.stack([torch.zeros_like(grid_r), grid_r, grid_c], dim=-1)
+    return ids.reshape(-1, 3)
+
+
+class FluxAdapter(nn.Module):
+    """Velocity and block features of a FLUX transformer on unpacked (B, C, H, W) latents.
+
+    guidance: the embedded guidance of FLUX-dev-style models (ignored by models without a
+    guidance embedding). SwD's FLUX-dev students keep the teacher's 4.5.
+    Blocks are numbered double-stream first, then single-stream.
+    """
+
+    def __init__(self, transformer: nn.Module, guidance: float = 4.5):
+        super().__init__()
+        self.transformer = transformer
+        self.guidance = guidance
+        self._capture = FeatureCapture()
+
+    @property
+    def config(self):
+        return self.transformer.config
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.in_channels // (PACK * PACK)
+
+    @property
+    def patch_size(self) -> int:
+        return PACK * self.config.patch_size
+
+    @property
+    def max_latent_size(self) -> int | None:
+        return None  # RoPE has no fixed table
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.transformer.transformer_blocks) + len(self.transformer.single_transformer_blocks)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    def block(self, index: int) -> nn.Module:
+        index = check_block_index(index, self.num_blocks)
+        n_double = len(self.transformer.transformer_blocks)
+        if index < n_double:
+            return self.transformer.transformer_blocks[index]
+        return self.transformer.single_transformer_blocks[index - n_double]
+
+    def check_latents(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.latent_channels:
+            raise SwdError(f"latents: expected (B, {self.latent_channels}, H, W), got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % self.patch_size or w % self.patch_size:
+            raise SwdError(f"latents: size {h}x{w} is not divisible by the packing size {self.patch_size}")
+
+    def _run(self, x, sigma, cond: TextCondition) -> torch.Tensor:
+        self.check_latents(x)
+        b, _, h, w = x.shape
+        cond = cond.expand_to(b)
+        # FLUX multiplies timestep and guidance by 1000 inside its forward: pass sigma itself.
+        timestep = sigma_vector(sigma, b, x.device).to(x.dtype)
+        guidance = None
+        if self.config.guidance_embeds:
+            guidance = torch.full((b,), float(self.guidance), device=x.device, dtype=x.dtype)
+        text_ids = torch.zeros(cond.prompt_embeds.shape[1], 3, device=x.device, dtype=x.dtype)
+        out = self.transformer(
+            hidden_states=pack_latents(x),
+            encoder_hidden_states=cond.prompt_embeds,
+            pooled_projections=cond.pooled,
+            timestep=timestep,
+            img_ids=image_position_ids(h, w, device=x.device, dtype=x.dtype),
+            txt_ids=text_ids,
+            guidance=guidance,
+            return_dict=False,
+        )[0]
+        return unpack_latents(out, h, w)
+
+    def forward(self, x: torch.Tensor, sigma, cond: TextCondition) -> torch.Tensor:
+        return self._run(x, sigma, cond)
+
+    def velocity_and_features(self, x, sigma, cond: TextCondition, block: int):
+        with self._capture.capturing(self.block(block), stop=False) as cap:
+            v = self._run(x, sigma, cond)
+        return v, cap.features
+
+    def features(self, x, sigma, cond: TextCondition, block: int) -> torch.Tensor:
+        with self._capture.capturing(self.block(block), stop=True) as cap:
+            self._run(x, sigma, cond)
+        return cap.features

@@ -1,0 +1,276 @@
+"""Scale schedules: the latent size and the noise level of every step of a scale-wise sampler.
+
+A `ScaleSchedule` pairs step i's latent size (h_i, w_i) with its noise level sigma_i. The sampler
+starts from pure noise at the first size and denoises, upsamples and re-noises at every step, so
+a schedule must grow (or keep) its size while its sigmas fall. Presets are the published ones
+(SWD_SPEC section 2) plus the 64 px testbed's.
+
+The authors express sigmas as boundary indices into SD3.5's 28-step Euler grid with shift 3; the
+grid itself (`flow_sigmas`) is also the teacher's sampling grid.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import yaml
+
+from swd.errors import SwdError
+
+# SD3.5's training schedule: 1000 train timesteps, shift 3 (SWD_SPEC section 1).
+NUM_TRAIN_TIMESTEPS = 1000
+DEFAULT_SHIFT = 3.0
+DEFAULT_GRID_STEPS = 28
+
+
+def shift_sigmas(sigmas: Sequence[float], shift: float) -> list[float]:
+    """Timestep shift of rectified-flow models: s -> shift * s / (1 + (shift - 1) * s)."""
+    return [shift * s / (1.0 + (shift - 1.0) * s) for s in sigmas]
+
+
+def flow_sigmas(steps: int = DEFAULT_GRID_STEPS, shift: float = DEFAULT_SHIFT) -> list[float]:
+    """The Euler grid of a flow-matching model: `steps` sigmas from 1 down, then a final 0.
+
+    Uniform in the unshifted time between 1 and the smallest training level (1 / 1000 pushed
+    through the shift), then shifted. For steps=28, shift=3 this is SD3.5's default grid:
+    1.0, .9874, ..., .1109, .0089, 0.
+    """
+    if steps < 1:
+        raise SwdError(f"steps: must be >= 1, got {steps}")
+    if shift <= 0:
+        raise SwdError(f"shift: must be > 0, got {shift}")
+    t_min = shift_sigmas([1.0 / NUM_TRAIN_TIMESTEPS], shift)[0]
+    if steps == 1:
+        base = [1.0]
+    else:
+        base = [1.0 + (t_min - 1.0) * i / (steps - 1) for i in range(steps)]
+    return shift_sigmas(base, shift) + [0.0]
+
+
+def _as_hw(scale, index: int) -> tuple[int, int]:
+    """Normalise a scale given as an int (square) or an (h, w) pair."""
+    if isinstance(scale, bool):
+        raise SwdError(f"scales[{index}]: expected an int or [h, w], got {scale!r}")
+    if isinstance(scale, int):
+        return (scale, scale)
+    if isinstance(scale, (list, tuple)) and len(scale) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in scale
+    ):
+        return (int(scale[0]), int(scale[1]))
+    raise SwdError(f"scales[{index}]: expected an int or [h, w], got {scale!r}")
+
+
+@dataclass(frozen=True)
+class ScaleSchedule:
+    """Latent sizes and noise levels of a few-step scale-wise sampler.
+
+    scales: one latent size per step, (h, w) in latent pixels (an int means square).
+    sigmas: one noise level per step, strictly decreasing in (0, 1]; the first step starts from
+        pure noise when sigmas[0] == 1.
+    """
+
+    scales: tuple[tuple[int, int], ...]
+    sigmas: tuple[float, ...]
+    name: str = "custom"
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        scales = tuple(_as_hw(s, i) for i, s in enumerate(self.scales))
+        try:
+            sigmas = tuple(float(s) for s in self.sigmas)
+        except (TypeError, ValueError):
+            raise SwdError(f"sigmas: expected a list of numbers, got {self.sigmas!r}") from None
+        object.__setattr__(self, "scales", scales)
+        object.__setattr__(self, "sigmas", sigmas)
+        self._validate()
+
+    def _validate(self) -> None:
+        if not self.scales:
+            raise SwdError("scales: a schedule needs at least one step")
+        if len(self.scales) != len(self.sigmas):
+            raise SwdError(
+                f"scales and sigmas: lengths differ ({len(self.scales)} scales, {len(self.sigmas)} sigmas)"
+            )
+        for i, (h, w) in enumerate(self.scales):
+            if h <= 0 or w <= 0:
+                raise SwdError(f"scales[{i}]: sizes must be positive, got {(h, w)}")
+        for i in range(1, len(self.scales)):
+            (h0, w0), (h1, w1) = self.scales[i - 1], self.scales[i]
+            if h1 < h0 or w1 < w0:
+                raise SwdError(
+                    f"scales[{i}]: sizes must not shrink from step to step, got {(h0, w0)} then {(h1, w1)}"
+                )
+        for i, s in enumerate(self.sigmas):
+            if not (math.isfinite(s) and 0.0 < s <= 1.0):
+                raise SwdError(f"sigmas[{i}]: must lie in (0, 1], got {s}")
+        for i in range(1, len(self.sigmas)):
+            if not self.sigmas[i] < self.sigmas[i - 1]:
+                raise SwdError(
+                    f"sigmas[{i}]: must be strictly decreasing, got {self.sigmas[i - 1]} then {self.sigmas[i]}"
+                )
+
+    @property
+    def steps(self) -> int:
+        return len(self.scales)
+
+    @property
+    def final_size(self) -> tuple[int, int]:
+        return self.scales[-1]
+
+    @property
+    def is_scale_wise(self) -> bool:
+        return len(set(self.scales)) > 1
+
+    def image_tokens(self, patch_size: int = 2) -> list[int]:
+        """Image tokens the transformer sees at each step (patches of patch_size x patch_size)."""
+        return [(h // patch_size) * (w // patch_size) for h, w in self.scales]
+
+    def relative_cost(self, patch_size: int = 2, text_tokens: int = 0) -> float:
+        """Cost in full-resolution-step equivalents, counting tokens (linear in tokens).
+
+        With text_tokens=0 this is the token ratio of SWD_SPEC section 2: the 4-step 64 -> 128
+        schedule costs (1024 + 1600 + 2304 + 4096) / 4096 = 2.2 full steps. Attention grows
+        quadratically, so FLOPs (see `swd bench flops`) differ slightly from this count.
+        """
+        tokens = self.image_tokens(patch_size)
+        full = tokens[-1] + text_tokens
+        return sum(t + text_tokens for t in tokens) / full
+
+    def at_full_resolution(self) -> "ScaleSchedule":
+        """The same sigmas at the final size throughout: the full-resolution few-step baseline."""
+        return ScaleSchedule(
+            scales=tuple(self.final_size for _ in self.scales),
+            sigmas=self.sigmas,
+            name=f"{self.name}-full",
+            description=f"{self.name} at constant full resolution (few-step baseline)",
+        )
+
+    def scaled(self, factor: float) -> "ScaleSchedule":
+        """Every scale multiplied by factor (rounded), e.g. to move a preset to another resolution."""
+        scales = tuple((round(h * factor), round(w * factor)) for h, w in self.scales)
+        return ScaleSchedule(scales=scales, sigmas=self.sigmas, name=f"{self.name}-x{factor:g}")
+
+    def check_model(self, patch_size: int, max_size: int | None = None, what: str = "model") -> None:
+        """Raise SwdError unless every scale fits a model with this patch size and largest side."""
+        for i, (h, w) in enumerate(self.scales):
+            if h % patch_size or w % patch_size:
+                raise SwdError(
+                    f"scales[{i}]: {h}x{w} is not divisible by the {what}'s patch size {patch_size}"
+                )
+            if max_size is not None and (h > max_size or w > max_size):
+                raise SwdError(
+                    f"scales[{i}]: {h}x{w} exceeds the {what}'s largest latent side {max_size}"
+                )
+
+    @classmethod
+    def from_boundaries(
+        cls,
+        scales: Iterable,
+        boundaries: Sequence[int],
+        grid: Sequence[float] | None = None,
+        name: str = "custom",
+        description: str = "",
+    ) -> "ScaleSchedule":
+        """Build a schedule whose sigmas are picked from a grid by index (the authors' notation)."""
+        grid = list(grid) if grid is not None else flow_sigmas()
+        sigmas = []
+        for i, b in enumerate(boundaries):
+            if not isinstance(b, int) or not 0 <= b < len(grid) - 1:
+                raise SwdError(f"boundaries[{i}]: must be an index in [0, {len(grid) - 2}], got {b!r}")
+            sigmas.append(grid[b])
+        return cls(scales=tuple(scales), sigmas=tuple(sigmas), name=name, description=description)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "scales": [list(s) for s in self.scales],
+            "sigmas": [round(s, 6) for s in self.sigmas],
+            "description": self.description,
+        }
+
+    @classmethod
+    def from_dict(cls, data) -> "ScaleSchedule":
+        if not isinstance(data, dict):
+            raise SwdError(f"schedule: expected a mapping with 'scales' and 'sigmas', got {type(data).__name__}")
+        known = {"name", "scales", "sigmas", "boundaries", "description"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SwdError(f"schedule: unknown key(s) {unknown}; expected some of {sorted(known)}")
+        if "scales" not in data:
+            raise SwdError("schedule: missing key 'scales'")
+        if not isinstance(data["scales"], list):
+            raise SwdError(f"scales: expected a list, got {data['scales']!r}")
+        name = str(data.get("name", "custom"))
+        description = str(data.get("description", ""))
+        if "boundaries" in data:
+            if "sigmas" in data:
+                raise SwdError("schedule: give either 'sigmas' or 'boundaries', not both")
+            if not isinstance(data["boundaries"], list):
+                raise SwdError(f"boundaries: expected a list, got {data['boundaries']!r}")
+            return cls.from_boundaries(data["scales"], data["boundaries"], name=name, description=description)
+        if "sigmas" not in data:
+            raise SwdError("schedule: missing key 'sigmas' (or 'boundaries')")
+        if not isinstance(data["sigmas"], list):
+            raise SwdError(f"sigmas: expected a list, got {data['sigmas']!r}")
+        return cls(scales=tuple(data["scales"]), sigmas=tuple(data["sigmas"]), name=name, description=description)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        text = json.dumps(self.to_dict(), indent=2) if path.suffix == ".json" else yaml.safe_dump(self.to_dict(), sort_keys=False)
+        path.write_text(text)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ScaleSchedule":
+        path = Path(path)
+        if not path.is_file():
+            raise SwdError(f"schedule file: {path} does not exist")
+        text = path.read_text()
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise SwdError(f"schedule file: {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({first})") from None
+        return cls.from_dict(data)
+
+
+def _preset_table() -> dict[str, ScaleSchedule]:
+    grid = flow_sigmas()
+    table = {}
+
+    def add(name, scales, boundaries, description):
+        table[name] = ScaleSchedule.from_boundaries(scales, boundaries, grid, name=name, description=description)
+
+    add("sd35-large-4", [64, 80, 96, 128], [0, 7, 14, 18], "SD3.5 Large / Medium 4-step, 1024 px (latent 64 -> 128)")
+    add("sd35-medium-6", [32, 48, 64, 80, 96, 128], [0, 4, 7, 12, 14, 18], "SD3.5 Medium 6-step, 1024 px (latent 32 -> 128)")
+    add("sd35-medium-4-wide", [32, 64, 96, 128], [0, 4, 12, 18], "SD3.5 Medium 4-step, older wide preset (latent 32 -> 128)")
+    add("flux-dev-4", [64, 80, 96, 128], [0, 7, 14, 18], "FLUX.1-dev 4-step, 1024 px (latent 64 -> 128, packed 2x2)")
+    # The testbed is a 64 px pixel-space model: the same sigmas at half the relative sizes.
+    add("testbed-4", [32, 40, 48, 64], [0, 7, 14, 18], "64 px testbed 4-step (32 -> 64 px)")
+    add("testbed-6", [16, 24, 32, 40, 48, 64], [0, 4, 7, 12, 14, 18], "64 px testbed 6-step (16 -> 64 px)")
+    add("testbed-full-4", [64, 64, 64, 64], [0, 7, 14, 18], "64 px testbed 4-step at full resolution (DMD2-style baseline)")
+    return table
+
+
+PRESETS: dict[str, ScaleSchedule] = _preset_table()
+
+
+def get_preset(name: str) -> ScaleSchedule:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise SwdError(f"schedule: unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+def resolve_schedule(spec: str | ScaleSchedule) -> ScaleSchedule:
+    """A preset name, a path to a YAML/JSON schedule file, or a ScaleSchedule."""
+    if isinstance(spec, ScaleSchedule):
+        return spec
+    if spec in PRESETS:
+        return PRESETS[spec]
+    if spec.endswith((".yaml", ".yml", ".json")) or Path(spec).exists():
+        return ScaleSchedule.load(spec)
+    return get_preset(spec)
