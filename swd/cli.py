@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "swd.cli",  # schedules (below)
     "swd.eval.bench_commands",
     "swd.data.commands",
+    "swd.train.commands",
 ]
 
 

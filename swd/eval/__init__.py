@@ -1,0 +1,1 @@
+"""Evaluation and benchmarks: FLOP counts, latency, quality metrics."""

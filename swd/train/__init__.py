@@ -1,0 +1,1 @@
+"""Training: teacher pretraining on the testbed, SwD distillation, checkpoints."""

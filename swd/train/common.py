@@ -1,0 +1,126 @@
+"""Pieces the testbed trainers share: data with cached text embeddings, devices, EMA, resizing."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from swd.errors import SwdError
+from swd.models.base import TextCondition
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SwdError(f"device: {name} requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def autocast_context(device: torch.device, precision: str):
+    """bf16 autocast on CUDA when asked; full precision otherwise (CPU bf16 autocast is slow)."""
+    if precision not in ("bf16", "fp32"):
+        raise SwdError(f"precision: must be bf16 or fp32, got {precision!r}")
+    if device.type == "cuda" and precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+
+
+def resize_area(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Area (box-filter) downscaling, the paper's choice for building lower-scale targets."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="area")
+
+
+@dataclass
+class CaptionedData:
+    """Training images with their captions' MiniLM embeddings, plus held-out prompts."""
+
+    train_images: torch.Tensor  # (N, 3, S, S) in [-1, 1]
+    train_caption_index: torch.Tensor  # (N,) index into the unique-caption embeddings
+    caption_states: torch.Tensor  # (U, T, 384)
+    caption_pooled: torch.Tensor  # (U, 384)
+    empty_states: torch.Tensor  # (1, T, 384): the empty prompt, for CFG
+    empty_pooled: torch.Tensor  # (1, 384)
+    heldout_captions: list[str]
+    heldout_states: torch.Tensor  # (H, T, 384)
+    heldout_pooled: torch.Tensor
+    heldout_images: torch.Tensor  # (H, 3, S, S): one reference image per held-out prompt
+    train_captions: list[str]
+
+    def empty_condition(self) -> TextCondition:
+        return TextCondition(self.empty_states, self.empty_pooled)
+
+    def train_condition(self, idx: torch.Tensor, drop_prob: float = 0.0) -> TextCondition:
+        """Captions of images `idx`; each replaced by the empty prompt with prob drop_prob."""
+        u = self.train_caption_index[idx]
+        states, pooled = self.caption_states[u].clone(), self.caption_pooled[u].clone()
+        if drop_prob > 0:
+            drop = torch.rand(len(idx)) < drop_prob
+            states[drop] = self.empty_states
+            pooled[drop] = self.empty_pooled
+        return TextCondition(states, pooled)
+
+    def heldout_condition(self, n: int, offset: int = 0) -> TextCondition:
+        sl = slice(offset, offset + n)
+        return TextCondition(self.heldout_states[sl], self.heldout_pooled[sl])
+
+
+def _unique_first(captions: list[str]) -> list[int]:
+    seen, keep = set(), []
+    for i, c in enumerate(captions):
+        if c not in seen:
+            seen.add(c)
+            keep.append(i)
+    return keep
+
+
+def load_testbed_data(name: str, path: str | None = None, text_tokens: int = 16) -> CaptionedData:
+    """Load a testbed image set and embed its captions with MiniLM (cached on disk)."""
+    from swd.data.text import encode_captions
+
+    if name == "emoji":
+        from swd.data.emoji import load_emoji
+
+        full = load_emoji(path)
+    elif name == "shapes":
+        from swd.data.shapes import load_shapes
+
+        full, _ = load_shapes(path)
+    else:
+        raise SwdError(f"data.name: unknown {name!r}; choose emoji or shapes")
+    train, held = full.select("train"), full.select("heldout")
+    if len(train) == 0:
+        raise SwdError(f"data: the {name} set has no training images")
+    train_caps = train.captions
+    unique = sorted(set(train_caps))
+    position = {c: i for i, c in enumerate(unique)}
+    emb = encode_captions(unique, max_tokens=text_tokens)
+    empty = encode_captions([""], max_tokens=text_tokens)
+    keep = _unique_first(held.captions)
+    held_caps = [held.captions[i] for i in keep]
+    held_emb = encode_captions(held_caps, max_tokens=text_tokens) if held_caps else emb
+    held_images = held.tensors()[keep] if held_caps else train.tensors()[:0]
+    return CaptionedData(
+        train_images=train.tensors(),
+        train_caption_index=torch.tensor([position[c] for c in train_caps]),
+        caption_states=emb.states.float(),
+        caption_pooled=emb.pooled.float(),
+        empty_states=empty.states.float(),
+        empty_pooled=empty.pooled.float(),
+        heldout_captions=held_caps,
+        heldout_states=held_emb.states.float(),
+        heldout_pooled=held_emb.pooled.float(),
+        heldout_images=held_images,
+        train_captions=train_caps,
+    )

@@ -1,0 +1,195 @@
+"""Teacher pretraining on the testbed: rectified flow on a small pixel-space MMDiT.
+
+The loop reads top to bottom: pick this step's scale, draw a batch, noise it, regress the
+velocity, clip, step, update the EMA, then log, sample and checkpoint at their intervals. The
+teacher is trained at every scale the testbed schedules use (32 to 64 px by default), because a
+scale-wise student's low-resolution steps are distilled from the teacher at those sizes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from swd.config import dump_config
+from swd.errors import SwdError
+from swd.images import save_grid
+from swd.models import SD3Adapter
+from swd.models.testbed import TestbedModelConfig, build_testbed_transformer
+from swd.sampling import add_noise, guided, make_generator, sample_teacher
+from swd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from swd.train.common import (
+    CaptionedData,
+    autocast_context,
+    ema_update,
+    load_testbed_data,
+    pick_device,
+    resize_area,
+)
+
+
+@dataclass
+class TeacherTrainConfig:
+    steps: int = 20000
+    batch_size: int = 256
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1  # probability of the empty prompt, for classifier-free guidance
+    scales: list[int] = field(default_factory=lambda: [32, 40, 48, 64])  # pixel sides trained on
+    logit_normal_mean: float = 0.0  # sigma = sigmoid(N(mean, std)): SD3's timestep density
+    logit_normal_std: float = 1.0
+    precision: str = "bf16"  # autocast dtype on CUDA; CPU runs in fp32
+    device: str = "auto"
+    seed: int = 0
+    log_every: int = 50
+    sample_every: int = 2000
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
+
+
+@dataclass
+class TeacherSampleConfig:
+    steps: int = 28
+    guidance: float = 4.5
+    num_prompts: int = 16  # held-out prompts in the periodic grids
+
+
+@dataclass
+class TeacherDataConfig:
+    name: str = "emoji"  # emoji | shapes
+    path: str = ""  # dataset file; empty = the default cache location
+    text_tokens: int = 16
+
+
+@dataclass
+class TeacherConfig:
+    run_dir: str = "runs/teacher"
+    data: TeacherDataConfig = field(default_factory=TeacherDataConfig)
+    model: TestbedModelConfig = field(default_factory=TestbedModelConfig)
+    train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
+    sample: TeacherSampleConfig = field(default_factory=TeacherSampleConfig)
+
+
+def sample_logit_normal(batch: int, mean: float, std: float, device) -> torch.Tensor:
+    """Noise levels sigma = sigmoid(u), u ~ N(mean, std): denser in the middle of (0, 1)."""
+    return torch.sigmoid(torch.randn(batch, device=device) * std + mean)
+
+
+def lr_at(step: int, cfg: TeacherTrainConfig) -> float:
+    """Linear warm-up, then constant."""
+    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+
+
+def teacher_samples(adapter, data: CaptionedData, cfg: TeacherConfig, device, seed: int = 0) -> torch.Tensor:
+    """Held-out prompts sampled with the teacher's 28-step Euler + CFG, at full size."""
+    n = min(cfg.sample.num_prompts, len(data.heldout_captions))
+    cond = data.heldout_condition(n).to(device)
+    uncond = data.empty_condition().to(device)
+    size = (cfg.model.sample_size, cfg.model.sample_size)
+    with torch.no_grad(), autocast_context(device, cfg.train.precision):
+        x = sample_teacher(guided(adapter, cond, uncond, cfg.sample.guidance), size, n, 3,
+                           steps=cfg.sample.steps, generator=make_generator(seed), device=device)
+    return x.float().clamp(-1, 1)
+
+
+def train_teacher(cfg: TeacherConfig, resume: bool = False, data: CaptionedData | None = None) -> Path:
+    """Train (or resume) a teacher; returns the exported EMA model folder. `data` overrides loading."""
+    run = Path(cfg.run_dir)
+    tc = cfg.train
+    if any(s % cfg.model.patch_size or s > cfg.model.sample_size for s in tc.scales):
+        raise SwdError(f"train.scales: each must be a multiple of the patch size {cfg.model.patch_size} "
+                       f"and at most {cfg.model.sample_size}, got {tc.scales}")
+    ckpt_dir = run / "checkpoints"
+    if not resume and latest_checkpoint(ckpt_dir) is not None:
+        raise SwdError(f"run_dir: {run} already has checkpoints; pass --resume or choose another run_dir")
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(dump_config(cfg))
+    device = pick_device(tc.device)
+    torch.manual_seed(tc.seed)
+
+    if data is None:
+        data = load_testbed_data(cfg.data.name, cfg.data.path or None, cfg.data.text_tokens)
+    images = data.train_images  # (N, 3, S, S) in [-1, 1], on the CPU
+    print(f"data: {len(images)} training images, {len(data.heldout_captions)} held-out prompts; device {device}")
+
+    model = build_testbed_transformer(cfg.model).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    adapter, ema_adapter = SD3Adapter(model), SD3Adapter(ema)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params / 1e6:.2f}M parameters")
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+
+    step = 0
+    if resume:
+        last = latest_checkpoint(ckpt_dir)
+        if last is None:
+            raise SwdError(f"--resume: no checkpoint in {ckpt_dir}")
+        step = load_checkpoint(last, {"model": model, "ema": ema}, {"opt": opt})["step"]
+        print(f"resumed from {last.name}")
+
+    log = open(run / "log.jsonl", "a")
+    started = time.time()
+    pbar = tqdm(total=tc.steps, initial=step, desc="teacher", dynamic_ncols=True)
+    while step < tc.steps:
+        # Round-robin over scales: every size gets the same share of updates.
+        size = tc.scales[step % len(tc.scales)]
+        idx = torch.randint(len(images), (tc.batch_size,))
+        x0 = resize_area(images[idx], size).to(device)
+        cond = data.train_condition(idx, drop_prob=tc.caption_dropout).to(device)
+        sigma = sample_logit_normal(tc.batch_size, tc.logit_normal_mean, tc.logit_normal_std, device)
+        eps = torch.randn_like(x0)
+        x = add_noise(x0, sigma, eps)
+
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, tc)
+        with autocast_context(device, tc.precision):
+            v = adapter(x, sigma, cond)
+        loss = F.mse_loss(v.float(), eps - x0)  # rectified-flow velocity target
+        if not torch.isfinite(loss):
+            raise SwdError(f"training diverged: loss is {loss.item()} at step {step}; "
+                           f"the last good checkpoint is kept in {ckpt_dir}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        ema_update(ema, model, tc.ema_decay)
+        step += 1
+        pbar.update(1)
+
+        if step % tc.log_every == 0 or step == tc.steps:
+            record = {"step": step, "loss": loss.item(), "grad_norm": float(grad_norm), "scale": size,
+                      "lr": lr_at(step - 1, tc), "minutes": (time.time() - started) / 60}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            pbar.set_postfix(loss=f"{record['loss']:.4f}", scale=size)
+        out_of_time = tc.max_minutes > 0 and (time.time() - started) / 60 >= tc.max_minutes
+        if step % tc.sample_every == 0 or step == tc.steps or out_of_time:
+            samples = teacher_samples(ema_adapter, data, cfg, device)
+            save_grid(samples, run / "samples" / f"step_{step:08d}.png",
+                      labels=data.heldout_captions[: len(samples)])
+        if step % tc.checkpoint_every == 0 or step == tc.steps or out_of_time:
+            save_checkpoint(ckpt_dir, step, {"model": model, "ema": ema}, {"opt": opt},
+                            {"config": json.loads(json.dumps(cfg, default=lambda o: o.__dict__))},
+                            keep=tc.keep_checkpoints)
+        if out_of_time:
+            print(f"stopping at step {step}: train.max_minutes={tc.max_minutes} reached (resume with --resume)")
+            break
+    pbar.close()
+    log.close()
+    export = run / "teacher"
+    ema.save_pretrained(export, max_shard_size="15MB", safe_serialization=True)
+    print(f"EMA teacher written to {export}")
+    return export

@@ -1,0 +1,85 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from swd.config import from_dict
+from swd.errors import SwdError
+from swd.train.checkpoint import list_checkpoints
+from swd.train.common import CaptionedData
+from swd.train.teacher import TeacherConfig, train_teacher
+
+
+def synthetic_data(n=12, size=16, tokens=4, dim=384, seed=0) -> CaptionedData:
+    g = torch.Generator().manual_seed(seed)
+    caps = [f"caption {i % 4}" for i in range(n)]
+    return CaptionedData(
+        train_images=torch.rand(n, 3, size, size, generator=g) * 2 - 1,
+        train_caption_index=torch.tensor([i % 4 for i in range(n)]),
+        caption_states=torch.randn(4, tokens, dim, generator=g),
+        caption_pooled=torch.randn(4, dim, generator=g),
+        empty_states=torch.zeros(1, tokens, dim),
+        empty_pooled=torch.zeros(1, dim),
+        heldout_captions=["held a", "held b"],
+        heldout_states=torch.randn(2, tokens, dim, generator=g),
+        heldout_pooled=torch.randn(2, dim, generator=g),
+        heldout_images=torch.zeros(2, 3, size, size),
+        train_captions=caps,
+    )
+
+
+def tiny_config(run_dir, steps):
+    return from_dict(TeacherConfig, {
+        "run_dir": str(run_dir),
+        "model": {"sample_size": 16, "patch_size": 2, "width": 32, "head_dim": 16, "depth": 2},
+        "train": {"steps": steps, "batch_size": 4, "scales": [8, 12, 16], "device": "cpu", "precision": "fp32",
+                  "log_every": 1, "sample_every": 1000, "checkpoint_every": 2, "keep_checkpoints": 2,
+                  "warmup_steps": 2},
+        "sample": {"steps": 2, "num_prompts": 2},
+    })
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    data = synthetic_data()
+    straight = train_teacher(tiny_config(tmp_path / "a", 6), data=data)
+    train_teacher(tiny_config(tmp_path / "b", 4), data=data)
+    resumed = train_teacher(tiny_config(tmp_path / "b", 6), resume=True, data=data)
+    a = load_file(str(straight / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(resumed / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    # the log has one line per step, and the loss is a finite number
+    lines = [json.loads(l) for l in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == list(range(1, 7))
+    assert all(l["scale"] in (8, 12, 16) for l in lines)
+    assert len(list_checkpoints(tmp_path / "a" / "checkpoints")) == 2  # keep_checkpoints
+
+
+def test_refuses_to_overwrite_and_to_resume_nothing(tmp_path):
+    data = synthetic_data()
+    with pytest.raises(SwdError, match="no checkpoint"):
+        train_teacher(tiny_config(tmp_path / "c", 2), resume=True, data=data)
+    train_teacher(tiny_config(tmp_path / "c", 2), data=data)
+    with pytest.raises(SwdError, match="already has checkpoints"):
+        train_teacher(tiny_config(tmp_path / "c", 2), data=data)
+
+
+def test_learns_a_single_image(tmp_path):
+    """Many steps on one image at one scale: the velocity loss must fall well below its start."""
+    data = synthetic_data(n=1)
+    cfg = tiny_config(tmp_path / "d", 40)
+    cfg.train.scales = [8]
+    cfg.train.lr = 3e-3
+    cfg.train.caption_dropout = 0.0
+    train_teacher(cfg, data=data)
+    losses = [json.loads(l)["loss"] for l in (tmp_path / "d" / "log.jsonl").read_text().splitlines()]
+    assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:5]) / 5
+
+
+def test_bad_scale_is_rejected(tmp_path):
+    cfg = tiny_config(tmp_path / "e", 2)
+    cfg.train.scales = [9]
+    with pytest.raises(SwdError, match="train.scales"):
+        train_teacher(cfg, data=synthetic_data())
