@@ -13,7 +13,7 @@ from swd.errors import SwdError
 
 
 @dataclass
-class TestbedModelConfig:
+class MMDiTConfig:
     sample_size: int = 64  # largest image side, pixels
     patch_size: int = 2
     width: int = 256  # = heads * head_dim
@@ -41,7 +41,7 @@ class TestbedModelConfig:
         )
 
 
-def build_testbed_transformer(cfg: TestbedModelConfig):
+def build_testbed_transformer(cfg: MMDiTConfig):
     from diffusers import SD3Transformer2DModel
 
     return SD3Transformer2DModel(**cfg.transformer_kwargs())

@@ -24,3 +24,30 @@ def register(subparsers) -> None:
                    help="override a config field, e.g. --set train.steps=100 (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=_cmd_train_teacher)
+    register_distill(subparsers)
+
+
+def _cmd_distill(args) -> int:
+    from swd.train.distill import DistillConfig, objective_weights, train_distill, training_schedule
+
+    cfg = load_config(DistillConfig, args.config, args.set)
+    if args.dry_run:
+        weights = objective_weights(cfg)
+        schedule = training_schedule(cfg)
+        print(dump_config(cfg), end="")
+        print(f"# losses on: {', '.join(k for k, w in weights.items() if w > 0)}; "
+              f"schedule {schedule.name}: scales {[list(s) for s in schedule.scales]}, sigmas "
+              f"{[round(s, 4) for s in schedule.sigmas]}")
+        return 0
+    train_distill(cfg, resume=args.resume)
+    return 0
+
+
+def register_distill(subparsers) -> None:
+    p = subparsers.add_parser("distill", help="distill a scale-wise few-step student (SwD) from a teacher")
+    p.add_argument("--config", required=True, help="YAML recipe, e.g. configs/testbed/swd-emoji.yaml")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set objective=mmd-only (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=_cmd_distill)

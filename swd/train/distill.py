@@ -42,6 +42,9 @@ from swd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkp
 from swd.train.common import CaptionedData, autocast_context, ema_update, load_testbed_data, pick_device, resize_area
 
 OBJECTIVES = ("swd", "mmd-only", "dmd-only", "dmd2-full")
+# SWD_SPEC section 4: attention q/k/v/out (both streams of joint attention) and the feed-forward linears.
+LORA_TARGETS_SD3 = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+                    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"]
 
 
 @dataclass
@@ -182,7 +185,8 @@ class FakeScore(torch.nn.Module):
         super().__init__()
         self.transformer = transformer
         self.head = head
-        self.adapter = SD3Adapter(transformer)
+        # Kept out of the module tree: it wraps the same transformer, registered above.
+        self.__dict__["adapter"] = SD3Adapter(transformer)
 
 
 def add_lora(transformer, mc: ModelTrainConfig, name: str):
@@ -192,11 +196,9 @@ def add_lora(transformer, mc: ModelTrainConfig, name: str):
         return transformer
     from peft import LoraConfig
 
-    from swd.lora import lora_target_modules
-
     transformer.requires_grad_(False)
     config = LoraConfig(r=mc.lora_rank, lora_alpha=mc.lora_alpha or mc.lora_rank, init_lora_weights="gaussian",
-                        target_modules=lora_target_modules("sd3"))
+                        target_modules=LORA_TARGETS_SD3)
     transformer.add_adapter(config, adapter_name=name)
     return transformer
 
@@ -225,8 +227,8 @@ def load_teacher(path: str):
 
 
 def train_distill(cfg: DistillConfig, resume: bool = False, data: Optional[CaptionedData] = None,
-                  teacher: Optional[torch.nn.Module] = None) -> Path:
-    """Distill a scale-wise student; returns the folder of the exported generator."""
+                  teacher: Optional[torch.nn.Module] = None) -> "DistillResult":
+    """Distill a scale-wise student; returns the exported folder and the trained generator."""
     from accelerate import Accelerator
 
     tc, lc = cfg.train, cfg.losses
@@ -345,13 +347,14 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data: Optional[Capti
                         logits_real = fake.head(fake.adapter.features(add_noise(batch.target, sigma_g, eps_g), sigma_g, batch.cond, feature_block).float())
                         loss_disc = gan_discriminator_loss(logits_fake, logits_real)
                     loss = loss_fake + lc.disc_weight * loss_disc
+                    loss_disc = loss_disc.detach()
                 check_finite(loss, "fake-score", step, ckpt_dir)
                 fake_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 average_gradients(fake_params, world)
                 torch.nn.utils.clip_grad_norm_(fake_params, tc.grad_clip)
                 fake_opt.step()
-            record.update(fake=loss_fake.item(), disc=float(loss_disc))
+            record.update(fake=loss_fake.item(), disc=loss_disc.item())
             fake.requires_grad_(False)  # frozen while the generator's losses flow through it
 
         # Generator update.
@@ -418,7 +421,14 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data: Optional[Capti
         export_student(ema if ema is not None else generator_model, export, schedule)
         print(f"student written to {export}")
     accelerator.wait_for_everyone()
-    return export
+    return DistillResult(export, generator_model, step)
+
+
+@dataclass
+class DistillResult:
+    export_dir: Path  # written by the main process
+    generator: torch.nn.Module  # this process's replica
+    step: int
 
 
 def check_finite(loss: torch.Tensor, what: str, step: int, ckpt_dir: Path) -> None:
@@ -456,9 +466,12 @@ def export_student(model, folder: Path, schedule: ScaleSchedule) -> None:
 
 
 def _strip_lora(model):
-    """A plain copy of a LoRA-merged diffusers model (same config, merged weights)."""
-    from swd.lora import merged_state_dict
-
+    """A plain copy of a LoRA-merged diffusers model: base weights renamed back, LoRA keys dropped."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if "lora_" in key:
+            continue
+        state[key.replace(".base_layer.", ".")] = value
     plain = type(model).from_config(model.config)
-    plain.load_state_dict(merged_state_dict(model))
+    plain.load_state_dict(state)
     return plain

@@ -23,7 +23,7 @@ from swd.config import dump_config
 from swd.errors import SwdError
 from swd.images import save_grid
 from swd.models import SD3Adapter
-from swd.models.testbed import TestbedModelConfig, build_testbed_transformer
+from swd.models.testbed import MMDiTConfig, build_testbed_transformer
 from swd.sampling import add_noise, guided, make_generator, sample_teacher
 from swd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from swd.train.common import (
@@ -78,7 +78,7 @@ class TeacherDataConfig:
 class TeacherConfig:
     run_dir: str = "runs/teacher"
     data: TeacherDataConfig = field(default_factory=TeacherDataConfig)
-    model: TestbedModelConfig = field(default_factory=TestbedModelConfig)
+    model: MMDiTConfig = field(default_factory=MMDiTConfig)
     train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
     sample: TeacherSampleConfig = field(default_factory=TeacherSampleConfig)
 

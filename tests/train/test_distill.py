@@ -1,0 +1,123 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from swd.config import from_dict
+from swd.errors import SwdError
+from swd.models.testbed import MMDiTConfig, build_testbed_transformer
+from swd.sampling import upsample
+from swd.schedules import ScaleSchedule
+from swd.train.distill import DistillConfig, make_scale_batch, objective_weights, train_distill
+
+from tests.train.test_teacher import synthetic_data
+
+SCHED = {"scales": [8, 12, 16], "sigmas": [1.0, 0.8, 0.6]}
+
+
+def tiny_teacher(seed=0):
+    torch.manual_seed(seed)
+    return build_testbed_transformer(MMDiTConfig(sample_size=16, patch_size=2, width=32, head_dim=16, depth=2))
+
+
+def config(tmp_path, run, objective="swd", steps=3, **train):
+    sched_file = tmp_path / "sched.yaml"
+    ScaleSchedule(**SCHED, name="tiny").save(sched_file)
+    return from_dict(DistillConfig, {
+        "run_dir": str(tmp_path / run), "schedule": str(sched_file), "objective": objective,
+        "losses": {"feature_block": 0, "teacher_cfg": 2.0},
+        "generator": {"lr": 1e-3}, "fake": {"lr": 1e-3},
+        "train": {"steps": steps, "batch_size": 3, "fake_updates": 2, "device": "cpu", "precision": "fp32",
+                  "log_every": 1, "sample_every": 1000, "checkpoint_every": 2, **train},
+    })
+
+
+def test_training_pair_built_by_hand():
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    sched = ScaleSchedule(**SCHED)
+    data = synthetic_data(n=2)
+    cond = data.train_condition(torch.tensor([0, 1]))
+    gen = torch.Generator().manual_seed(0)
+    batch = make_scale_batch(images, cond, sched, 2, gen, "cpu")
+    eps = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    lower = torch.nn.functional.interpolate(images, size=(12, 12), mode="area")
+    expected = 0.4 * upsample(lower, (16, 16), "bicubic") + 0.6 * eps
+    torch.testing.assert_close(batch.x_in, expected)
+    torch.testing.assert_close(batch.target, images)  # s_2 is the full size
+    assert torch.equal(batch.sigma, torch.full((2,), 0.6))
+    first = make_scale_batch(images, cond, sched, 0, torch.Generator().manual_seed(0), "cpu")
+    assert first.x_in.shape == (2, 3, 8, 8)  # pure noise at the first scale
+    torch.testing.assert_close(first.target, torch.nn.functional.interpolate(images, size=(8, 8), mode="area"))
+
+
+def test_objectives_switch_losses():
+    cfg = DistillConfig()
+    for objective, on in [("swd", {"dmd", "mmd", "gan"}), ("mmd-only", {"mmd"}), ("dmd-only", {"dmd", "gan"}),
+                          ("dmd2-full", {"dmd", "gan"})]:
+        cfg.objective = objective
+        assert {k for k, w in objective_weights(cfg).items() if w > 0} == on
+    cfg.objective = "gan-only"
+    with pytest.raises(SwdError, match="objective"):
+        objective_weights(cfg)
+
+
+@pytest.mark.parametrize("objective", ["swd", "mmd-only", "dmd2-full"])
+def test_each_objective_trains_and_exports(tmp_path, objective):
+    out = train_distill(config(tmp_path, objective, objective, steps=2), data=synthetic_data(), teacher=tiny_teacher()).export_dir
+    log = [json.loads(l) for l in (tmp_path / objective / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2]
+    expected = {"swd": {"dmd", "mmd", "gan"}, "mmd-only": {"mmd"}, "dmd2-full": {"dmd", "gan"}}[objective]
+    assert expected <= set(log[0]) and not ({"dmd", "mmd", "gan"} - expected) & set(log[0])
+    if objective == "dmd2-full":
+        assert {r["scale"] for r in log} == {16}
+    else:
+        assert [r["scale"] for r in log] == [8, 12]  # round robin
+    assert (out / "schedule.yaml").exists() and (out / "config.json").exists()
+
+
+def test_generator_moves_and_teacher_stays(tmp_path):
+    teacher = tiny_teacher()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    out = train_distill(config(tmp_path, "m", "swd", steps=2), data=synthetic_data(), teacher=teacher).export_dir
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    student = load_file(str(out / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(student[k], before[k]) for k in before)
+
+
+def test_resume_matches_uninterrupted(tmp_path):
+    data = synthetic_data()
+    a = train_distill(config(tmp_path, "a", steps=4), data=data, teacher=tiny_teacher()).export_dir
+    train_distill(config(tmp_path, "b", steps=2), data=data, teacher=tiny_teacher())
+    b = train_distill(config(tmp_path, "b", steps=4), resume=True, data=data, teacher=tiny_teacher()).export_dir
+    sa = load_file(str(a / "diffusion_pytorch_model.safetensors"))
+    sb = load_file(str(b / "diffusion_pytorch_model.safetensors"))
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0)
+
+
+def test_lora_generator_trains_only_adapters(tmp_path):
+    cfg = config(tmp_path, "lora", "mmd-only", steps=2)
+    cfg.generator.lora_rank = 4
+    teacher = tiny_teacher()
+    out = train_distill(cfg, data=synthetic_data(), teacher=teacher).export_dir
+    student = load_file(str(out / "diffusion_pytorch_model.safetensors"))
+    assert set(student) == set(teacher.state_dict())  # merged back into plain weights
+    changed = [k for k in student if not torch.equal(student[k], teacher.state_dict()[k])]
+    assert changed and all(any(t in k for t in ("to_q", "to_k", "to_v", "to_out", "add_", "ff")) for k in changed)
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
+    import swd.train.distill as distill
+
+    monkeypatch.setattr(distill, "build_mmd_loss", lambda *a, **k: (lambda real, fake: fake.sum() * float("nan")))
+    with pytest.raises(SwdError, match="diverged"):
+        train_distill(config(tmp_path, "nan", "mmd-only", steps=3), data=synthetic_data(), teacher=tiny_teacher())
+
+
+def test_mmd_only_with_fake_features_is_rejected(tmp_path):
+    cfg = config(tmp_path, "x", "mmd-only")
+    cfg.losses.feature_source = "fake"
+    with pytest.raises(SwdError, match="feature_source"):
+        train_distill(cfg, data=synthetic_data(), teacher=tiny_teacher())
