@@ -1,0 +1,219 @@
+"""What the SD3 and FLUX scale-wise pipelines share: argument checks, sampling and decoding.
+
+Both pipelines subclass diffusers' own pipeline of their family, so prompt encoding, component
+registration, `from_pretrained`/`save_pretrained` and the LoRA loader mixins are diffusers'. What
+they replace is `__call__`: the sampling goes through `swd.sampling.sample_scalewise`, the one
+sampling path of the project, and the image size follows the schedule's last scale.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from swd.errors import SwdError
+from swd.models.base import TextCondition
+from swd.sampling import UPSAMPLE_MODES, sample_scalewise
+from swd.schedules import ScaleSchedule, resolve_schedule
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+def unwrap_transformer(transformer):
+    """The diffusers model inside a peft `PeftModel` wrapper (LoRA layers stay active), else itself."""
+    get_base = getattr(transformer, "get_base_model", None)
+    return get_base() if callable(get_base) else transformer
+
+
+def _prompt_count(name: str, value) -> int:
+    if isinstance(value, str):
+        return 1
+    if isinstance(value, list) and value and all(isinstance(p, str) for p in value):
+        return len(value)
+    raise SwdError(f"{name}: expected a str or a non-empty list of str, got {_describe(value)}")
+
+
+def _check_embed_pair(embeds, pooled, names: tuple[str, str]) -> None:
+    if embeds is None:
+        if pooled is not None:
+            raise SwdError(f"{names[1]}: given without {names[0]}; pass both or neither")
+        return
+    if pooled is None:
+        raise SwdError(f"{names[1]}: required with {names[0]} (the pooled vectors of the same prompts)")
+    if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3:
+        raise SwdError(f"{names[0]}: expected a (B, L, D) tensor, got {_describe(embeds)}")
+    if not isinstance(pooled, torch.Tensor) or pooled.ndim != 2:
+        raise SwdError(f"{names[1]}: expected a (B, D) tensor, got {_describe(pooled)}")
+    if embeds.shape[0] != pooled.shape[0]:
+        raise SwdError(f"{names[0]} and {names[1]}: batch sizes differ ({embeds.shape[0]} and {pooled.shape[0]})")
+
+
+def check_prompts(prompt_fields: dict, prompt_embeds, pooled_prompt_embeds) -> int:
+    """Exactly one of prompts or embeddings; returns the batch size (number of prompts).
+
+    prompt_fields maps argument names to values, the main prompt first (prompt, prompt_2, ...);
+    the secondary prompts go to the other text encoders and must come in the same number.
+    """
+    names = list(prompt_fields)
+    given = [n for n in names if prompt_fields[n] is not None]
+    if given and prompt_embeds is not None:
+        raise SwdError(f"{given[0]} and prompt_embeds: give either prompts or precomputed embeddings, not both")
+    _check_embed_pair(prompt_embeds, pooled_prompt_embeds, ("prompt_embeds", "pooled_prompt_embeds"))
+    if prompt_embeds is not None:
+        return prompt_embeds.shape[0]
+    if not given:
+        raise SwdError("prompt: give a prompt (str or list of str) or prompt_embeds with pooled_prompt_embeds")
+    if prompt_fields[names[0]] is None:
+        raise SwdError(f"{names[0]}: required when {given[0]} is given")
+    batch = _prompt_count(names[0], prompt_fields[names[0]])
+    for name in given[1:]:
+        n = _prompt_count(name, prompt_fields[name])
+        if n != batch:
+            raise SwdError(f"{name}: {n} prompt(s), but {names[0]} has {batch}")
+    return batch
+
+
+def check_negative_prompts(negative_fields: dict, negative_embeds, negative_pooled, prompt_embeds, batch: int) -> None:
+    """Negative prompts (a str applies to every prompt) or embeddings, matching the positive batch."""
+    given = [n for n in negative_fields if negative_fields[n] is not None]
+    if given and negative_embeds is not None:
+        raise SwdError(f"{given[0]} and negative_prompt_embeds: give either prompts or embeddings, not both")
+    names = ("negative_prompt_embeds", "negative_pooled_prompt_embeds")
+    _check_embed_pair(negative_embeds, negative_pooled, names)
+    if negative_embeds is not None:
+        if negative_embeds.shape[0] != batch:
+            raise SwdError(f"negative_prompt_embeds: batch of {negative_embeds.shape[0]} for {batch} prompts")
+        if prompt_embeds is not None and negative_embeds.shape[1:] != prompt_embeds.shape[1:]:
+            raise SwdError(
+                f"negative_prompt_embeds: shape {tuple(negative_embeds.shape)} does not match prompt_embeds "
+                f"{tuple(prompt_embeds.shape)} outside the batch dimension"
+            )
+        return
+    for name in given:
+        n = _prompt_count(name, negative_fields[name])
+        if not isinstance(negative_fields[name], str) and n != batch:
+            raise SwdError(f"{name}: {n} negative prompt(s) for {batch} prompts")
+
+
+def check_embed_widths(prompt_embeds, pooled, joint_dim: int, pooled_dim: int, names=("prompt_embeds", "pooled_prompt_embeds")):
+    if prompt_embeds is None:
+        return
+    if prompt_embeds.shape[-1] != joint_dim:
+        raise SwdError(f"{names[0]}: last dimension {prompt_embeds.shape[-1]} does not match the transformer's {joint_dim}")
+    if pooled.shape[-1] != pooled_dim:
+        raise SwdError(f"{names[1]}: last dimension {pooled.shape[-1]} does not match the transformer's {pooled_dim}")
+
+
+def check_schedule(schedule, adapter, default: str) -> ScaleSchedule:
+    """Resolve a preset name, a schedule file or a ScaleSchedule and check it fits the transformer."""
+    schedule = default if schedule is None else schedule
+    if not isinstance(schedule, (str, ScaleSchedule)):
+        raise SwdError(f"schedule: expected a preset name, a schedule file or a ScaleSchedule, got {_describe(schedule)}")
+    schedule = resolve_schedule(schedule)
+    schedule.check_model(adapter.patch_size, adapter.max_latent_size, what="transformer")
+    return schedule
+
+
+def check_common(
+    *,
+    adapter,
+    vae,
+    schedule: ScaleSchedule,
+    batch: int,
+    num_images_per_prompt,
+    generator,
+    latents,
+    output_type,
+    upsample_mode,
+    max_sequence_length,
+    max_sequence_limit: int,
+) -> None:
+    """Checks shared by both pipelines (the schedule is already resolved)."""
+    if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        raise SwdError(f"num_images_per_prompt: expected a positive int, got {num_images_per_prompt!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise SwdError(
+            f"generator: expected one torch.Generator (it seeds the whole batch), got {_describe(generator)}"
+        )
+    if output_type not in OUTPUT_TYPES:
+        raise SwdError(f"output_type: unknown {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
+    if output_type != "latent" and vae is None:
+        raise SwdError(f"output_type: {output_type!r} needs a vae; this pipeline has none (use 'latent')")
+    if upsample_mode not in UPSAMPLE_MODES:
+        raise SwdError(f"upsample_mode: unknown {upsample_mode!r}; choose one of {', '.join(UPSAMPLE_MODES)}")
+    if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or not (
+        1 <= max_sequence_length <= max_sequence_limit
+    ):
+        raise SwdError(f"max_sequence_length: expected an int in [1, {max_sequence_limit}], got {max_sequence_length!r}")
+    if vae is not None and vae.config.latent_channels != adapter.latent_channels:
+        raise SwdError(
+            f"vae: {vae.config.latent_channels} latent channels, but the transformer takes {adapter.latent_channels}"
+        )
+    if latents is not None:
+        expected = (batch * num_images_per_prompt, adapter.latent_channels, *schedule.scales[0])
+        if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != expected:
+            got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else _describe(latents)
+            raise SwdError(
+                f"latents: the starting noise must have shape {expected} (batch x images per prompt, channels, "
+                f"first scale of the schedule), got {got}"
+            )
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+class ScaleWisePipelineMixin:
+    """Sampling and decoding for a pipeline with `transformer`, `vae` and `image_processor`."""
+
+    def _condition(self, prompt_embeds, pooled, num_images_per_prompt: int, device, dtype) -> TextCondition:
+        cond = TextCondition(prompt_embeds.to(device, dtype), pooled.to(device, dtype))
+        return cond.repeat(num_images_per_prompt)
+
+    def _sample(self, denoiser, adapter, schedule, batch, generator, device, dtype, latents, upsample_mode, callback):
+        """Run `sample_scalewise`, ticking diffusers' progress bar once per step."""
+        with self.progress_bar(total=schedule.steps) as bar:
+
+            def on_step(**info):
+                bar.update()
+                if callback is not None:
+                    callback(**info)
+
+            return sample_scalewise(
+                denoiser,
+                schedule,
+                batch_size=batch,
+                channels=adapter.latent_channels,
+                generator=generator,
+                device=device,
+                dtype=dtype,
+                upsample_mode=upsample_mode,
+                noise=latents,
+                callback=on_step,
+            )
+
+    def decode_latents(self, latents: torch.Tensor, output_type: str = "pil"):
+        """Latents (B, C, h, w) -> images of size (h, w) * vae_scale_factor; 'latent' returns them as is.
+
+        The VAE sees `latents / scaling_factor + shift_factor` (SWD_SPEC section 3, step 4).
+        """
+        if output_type == "latent":
+            return latents
+        config = self.vae.config
+        shift = getattr(config, "shift_factor", None) or 0.0
+        z = latents / config.scaling_factor + shift
+        image = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]
+        return self.image_processor.postprocess(image, output_type=output_type)
+
+
+__all__ = [
+    "OUTPUT_TYPES",
+    "ScaleWisePipelineMixin",
+    "check_common",
+    "check_embed_widths",
+    "check_negative_prompts",
+    "check_prompts",
+    "check_schedule",
+    "unwrap_transformer",
+]

@@ -1,0 +1,206 @@
+"""Scale-wise sampling pipeline for FLUX students.
+
+`SwDFluxPipeline` is diffusers' `FluxPipeline` with a scale-wise `__call__`: prompts are
+encoded by diffusers' own `encode_prompt` (CLIP pooled vector + T5 tokens), the latents come
+from `swd.sampling.sample_scalewise` driven by a `FluxAdapter` (which packs latents and rebuilds
+the RoPE ids for every size), and the VAE decodes the last scale.
+
+FLUX-dev students keep the teacher's embedded guidance (guidance_scale=4.5, SWD_SPEC section 3):
+it is an input of the transformer, not classifier-free guidance, so one forward per step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Union
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
+from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+from swd.errors import SwdError
+from swd.models.flux import FluxAdapter
+from swd.pipelines.common import (
+    ScaleWisePipelineMixin,
+    check_common,
+    check_embed_widths,
+    check_prompts,
+    check_schedule,
+    unwrap_transformer,
+)
+from swd.sampling import conditioned
+from swd.schedules import ScaleSchedule
+
+PromptArg = Optional[Union[str, list[str]]]
+
+
+class SwDFluxPipeline(ScaleWisePipelineMixin, FluxPipeline):
+    """Few-step scale-wise text-to-image generation with a FLUX student.
+
+    Components are those of `FluxPipeline`. The text encoders and tokenizers are optional
+    (without them, pass `prompt_embeds` and `pooled_prompt_embeds`); `scheduler` is optional
+    and unused, kept so that a standard FLUX folder loads unchanged.
+    """
+
+    default_schedule = "flux-dev-4"
+    default_guidance = 4.5
+    _optional_components = [
+        "scheduler",
+        "text_encoder",
+        "tokenizer",
+        "text_encoder_2",
+        "tokenizer_2",
+        "image_encoder",
+        "feature_extractor",
+    ]
+
+    def __init__(
+        self,
+        transformer: FluxTransformer2DModel,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel = None,
+        tokenizer: CLIPTokenizer = None,
+        text_encoder_2: T5EncoderModel = None,
+        tokenizer_2: T5TokenizerFast = None,
+        scheduler: FlowMatchEulerDiscreteScheduler = None,
+        image_encoder=None,
+        feature_extractor=None,
+    ):
+        super().__init__(
+            scheduler=scheduler,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+            transformer=transformer,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
+        )
+
+    def model_adapter(self, guidance: float = default_guidance) -> FluxAdapter:
+        """The sampler's view of the transformer on unpacked latents: (x, sigma, cond) -> velocity."""
+        return FluxAdapter(unwrap_transformer(self.transformer), guidance=guidance)
+
+    def _has_text_encoders(self) -> bool:
+        parts = (self.text_encoder, self.tokenizer, self.text_encoder_2, self.tokenizer_2)
+        return all(p is not None for p in parts)
+
+    def check_inputs(
+        self,
+        prompt: PromptArg = None,
+        prompt_2: PromptArg = None,
+        *,
+        schedule: Union[str, ScaleSchedule, None] = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        pooled_prompt_embeds: Optional[torch.Tensor] = None,
+        guidance_scale: float = default_guidance,
+        num_images_per_prompt: int = 1,
+        generator: Optional[torch.Generator] = None,
+        latents: Optional[torch.Tensor] = None,
+        output_type: str = "pil",
+        upsample_mode: str = "bicubic",
+        max_sequence_length: int = 512,
+    ) -> ScaleSchedule:
+        """Validate every argument of `__call__` (SwdError naming the field); returns the resolved schedule."""
+        adapter = self.model_adapter()
+        schedule = check_schedule(schedule, adapter, self.default_schedule)
+        batch = check_prompts({"prompt": prompt, "prompt_2": prompt_2}, prompt_embeds, pooled_prompt_embeds)
+        if prompt_embeds is None and not self._has_text_encoders():
+            raise SwdError(
+                "prompt: this pipeline has no text encoders/tokenizers (CLIP and T5); "
+                "pass prompt_embeds and pooled_prompt_embeds"
+            )
+        config = adapter.config
+        check_embed_widths(prompt_embeds, pooled_prompt_embeds, config.joint_attention_dim, config.pooled_projection_dim)
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:
+            raise SwdError(f"guidance_scale: expected a number >= 0 (FLUX's embedded guidance), got {guidance_scale!r}")
+        check_common(
+            adapter=adapter,
+            vae=self.vae,
+            schedule=schedule,
+            batch=batch,
+            num_images_per_prompt=num_images_per_prompt,
+            generator=generator,
+            latents=latents,
+            output_type=output_type,
+            upsample_mode=upsample_mode,
+            max_sequence_length=max_sequence_length,
+            max_sequence_limit=512,
+        )
+        return schedule
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: PromptArg = None,
+        prompt_2: PromptArg = None,
+        *,
+        schedule: Union[str, ScaleSchedule, None] = None,
+        guidance_scale: float = default_guidance,
+        num_images_per_prompt: int = 1,
+        generator: Optional[torch.Generator] = None,
+        latents: Optional[torch.Tensor] = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        pooled_prompt_embeds: Optional[torch.Tensor] = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        max_sequence_length: int = 512,
+        upsample_mode: str = "bicubic",
+        callback: Optional[Callable[..., None]] = None,
+    ):
+        """Generate images; the schedule (preset name, file or ScaleSchedule) sets steps, sizes and sigmas.
+
+        guidance_scale: FLUX's embedded guidance (ignored by models without a guidance embedding).
+        generator: one CPU torch.Generator seeds the starting noise and every re-noising.
+        latents: optional starting noise, unpacked: (B * num_images_per_prompt, C, *schedule.scales[0]).
+        output_type: 'pil' | 'np' | 'pt' (images in [0, 1]) or 'latent' (the final x0 latents,
+            unpacked (B, C, *schedule.final_size), before the VAE scaling is undone).
+        callback: called after every step as callback(step=, x=, sigma=, x0=), on unpacked latents.
+        Returns FluxPipelineOutput(images=...), or (images,) with return_dict=False.
+        """
+        schedule = self.check_inputs(
+            prompt,
+            prompt_2,
+            schedule=schedule,
+            prompt_embeds=prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            guidance_scale=guidance_scale,
+            num_images_per_prompt=num_images_per_prompt,
+            generator=generator,
+            latents=latents,
+            output_type=output_type,
+            upsample_mode=upsample_mode,
+            max_sequence_length=max_sequence_length,
+        )
+        self._guidance_scale = guidance_scale
+        self._joint_attention_kwargs = None
+        self._interrupt = False
+        device = self._execution_device
+        adapter = self.model_adapter(float(guidance_scale))
+
+        # 1. Text: diffusers' own encoders; per-image copies are made below, for embeddings too.
+        prompt_embeds, pooled_prompt_embeds, _ = self.encode_prompt(
+            prompt=prompt,
+            prompt_2=prompt_2,
+            device=device,
+            num_images_per_prompt=1,
+            prompt_embeds=prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            max_sequence_length=max_sequence_length,
+        )
+        dtype = adapter.dtype
+        cond = self._condition(prompt_embeds, pooled_prompt_embeds, num_images_per_prompt, device, dtype)
+
+        # 2. Scale-wise sampling on unpacked latents; the adapter packs them for the transformer.
+        x0 = self._sample(
+            conditioned(adapter, cond), adapter, schedule, cond.batch_size, generator, device, dtype, latents,
+            upsample_mode, callback,
+        )
+
+        # 3. Decode.
+        images = self.decode_latents(x0, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return FluxPipelineOutput(images=images)
