@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "swd.eval.bench_commands",
     "swd.data.commands",
     "swd.train.commands",
+    "swd.demo",
 ]
 
 

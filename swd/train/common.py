@@ -105,11 +105,11 @@ def load_testbed_data(name: str, path: str | None = None, text_tokens: int = 16)
     train_caps = train.captions
     unique = sorted(set(train_caps))
     position = {c: i for i, c in enumerate(unique)}
-    emb = encode_captions(unique, max_tokens=text_tokens)
-    empty = encode_captions([""], max_tokens=text_tokens)
+    emb = encode_captions(unique, max_length=text_tokens)
+    empty = encode_captions([""], max_length=text_tokens)
     keep = _unique_first(held.captions)
     held_caps = [held.captions[i] for i in keep]
-    held_emb = encode_captions(held_caps, max_tokens=text_tokens) if held_caps else emb
+    held_emb = encode_captions(held_caps, max_length=text_tokens) if held_caps else emb
     held_images = held.tensors()[keep] if held_caps else train.tensors()[:0]
     return CaptionedData(
         train_images=train.tensors(),

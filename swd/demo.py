@@ -1,0 +1,166 @@
+"""`swd sample` and `swd demo`: text-to-image on the testbed models, teacher beside student.
+
+The testbed models are pixel-space SD3 transformers conditioned on MiniLM; the shipped ones live
+in `swd/weights/` (see docs/RESULTS.md for the commands that made them).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from swd.errors import SwdError
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+DEFAULT_TEACHER = WEIGHTS / "emoji-teacher"
+DEFAULT_STUDENT = WEIGHTS / "emoji-student"
+
+# Held-out emoji prompts (their concepts never appear in training; split by sha256 of the name).
+DEMO_PROMPTS = [
+    "noto style: banana",
+    "twitter style: Christmas tree",
+    "fluent style: mushroom",
+    "noto style: birthday cake",
+    "twitter style: glowing star",
+    "fluent style: french fries",
+    "noto style: sunrise",
+    "twitter style: guitar",
+]
+
+
+def load_model(path: str | Path):
+    """A saved testbed transformer (diffusers folder) and the schedule saved beside it, if any."""
+    from diffusers import SD3Transformer2DModel
+
+    from swd.schedules import ScaleSchedule
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise SwdError(f"model: {path} is not a saved diffusers model folder (no config.json)")
+    model = SD3Transformer2DModel.from_pretrained(path).eval()
+    schedule = ScaleSchedule.load(path / "schedule.yaml") if (path / "schedule.yaml").is_file() else None
+    return model, schedule
+
+
+def encode_prompts(prompts: list[str], max_length: int = 16):
+    from swd.data.text import empty_prompt, encode_captions
+    from swd.models import TextCondition
+
+    if not prompts or any(not isinstance(p, str) for p in prompts):
+        raise SwdError("prompt: give at least one text prompt")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # MiniLM's weight-loading bar is noise on the command line
+    emb = encode_captions(prompts, max_length=max_length)
+    empty = empty_prompt(max_length=max_length)
+    return TextCondition(emb.states, emb.pooled), TextCondition(empty.states, empty.pooled)
+
+
+@torch.no_grad()
+def generate(model, schedule_name: str, cond, uncond, seed: int, guidance: float = 4.5, teacher_steps: int = 28,
+             saved_schedule=None) -> torch.Tensor:
+    """Images in [-1, 1]: `teacher` = Euler + CFG on the shift-3 grid, else a scale-wise schedule."""
+    from swd.models import SD3Adapter
+    from swd.sampling import conditioned, guided, make_generator, sample_scalewise, sample_teacher
+    from swd.schedules import resolve_schedule
+
+    adapter = SD3Adapter(model)
+    n = cond.batch_size
+    size = model.config.sample_size
+    if schedule_name == "teacher":
+        x = sample_teacher(guided(adapter, cond, uncond, guidance), (size, size), n, adapter.latent_channels,
+                           steps=teacher_steps, generator=make_generator(seed))
+    else:
+        schedule = saved_schedule if schedule_name == "saved" else resolve_schedule(schedule_name)
+        if schedule is None:
+            raise SwdError("schedule: the model folder has no schedule.yaml; name a preset with --schedule")
+        schedule.check_model(adapter.patch_size, adapter.max_latent_size)
+        x = sample_scalewise(conditioned(adapter, cond), schedule, n, adapter.latent_channels,
+                             generator=make_generator(seed))
+    return x.clamp(-1, 1)
+
+
+def _cmd_sample(args) -> int:
+    from swd.images import save_grid
+
+    from swd.sampling import make_generator
+
+    if args.n < 1:
+        raise SwdError(f"--n: must be at least 1, got {args.n}")
+    make_generator(args.seed)  # validates the seed before any loading
+    model, saved = load_model(args.model)
+    schedule = args.schedule or ("saved" if saved is not None else "teacher")
+    cond, uncond = encode_prompts([p for p in args.prompt for _ in range(args.n)])
+    start = time.perf_counter()
+    images = generate(model, schedule, cond, uncond, args.seed, args.guidance, args.steps, saved)
+    seconds = time.perf_counter() - start
+    save_grid(images, args.out, ncol=args.n, labels=[p for p in args.prompt for _ in range(args.n)])
+    print(f"{len(images)} images with schedule {schedule} in {seconds:.2f} s -> {args.out}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from swd.images import save_grid
+
+    from swd.sampling import make_generator
+
+    make_generator(args.seed)
+    if not 1 <= args.n <= len(DEMO_PROMPTS):
+        raise SwdError(f"--n: must be between 1 and {len(DEMO_PROMPTS)}, got {args.n}")
+    teacher, _ = load_model(args.teacher)
+    student, schedule = load_model(args.student)
+    prompts = DEMO_PROMPTS[: args.n]
+    cond, uncond = encode_prompts(prompts)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    # One warm-up call each so the timings below measure sampling, not first-call set-up.
+    generate(teacher, "teacher", _first(cond), _first(uncond), 0, teacher_steps=2)
+    generate(student, "saved", _first(cond), uncond, 0, saved_schedule=schedule)
+    timings = {}
+    start = time.perf_counter()
+    teacher_images = generate(teacher, "teacher", cond, uncond, args.seed, args.guidance, 28)
+    timings["teacher"] = time.perf_counter() - start
+    start = time.perf_counter()
+    student_images = generate(student, "saved", cond, uncond, args.seed, saved_schedule=schedule)
+    timings["student"] = time.perf_counter() - start
+    grid = torch.cat([teacher_images, student_images])
+    scales = "->".join(str(s[0]) for s in schedule.scales)
+    save_grid(grid, args.out, ncol=len(prompts), labels=prompts + [""] * len(prompts),
+              row_titles=[f"teacher 28 steps CFG {args.guidance}", f"SwD student {schedule.steps} steps {scales} px"])
+    n = len(prompts)
+    print(f"teacher (28 Euler steps, CFG {args.guidance}, 56 forwards at 64 px): {timings['teacher']:.2f} s "
+          f"for {n} images ({timings['teacher'] / n * 1000:.0f} ms/image)")
+    print(f"SwD student ({schedule.steps} steps, {scales} px): {timings['student']:.2f} s for {n} images "
+          f"({timings['student'] / n * 1000:.0f} ms/image); speed-up {timings['teacher'] / timings['student']:.1f}x")
+    print(f"grid: {args.out} (top row teacher, bottom row student)")
+    return 0
+
+
+def _first(cond):
+    from swd.models import TextCondition
+
+    return TextCondition(cond.prompt_embeds[:1], cond.pooled[:1])
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("sample", help="sample a testbed model (teacher or student) to a PNG grid")
+    p.add_argument("--model", required=True, help="saved testbed model folder")
+    p.add_argument("--prompt", action="append", required=True, help="text prompt (repeatable)")
+    p.add_argument("--schedule", default=None,
+                   help="'teacher' (28-step Euler + CFG), a preset, or a schedule file; default: the folder's schedule.yaml, else teacher")
+    p.add_argument("--n", type=int, default=4, help="images per prompt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=4.5, help="CFG scale of the teacher sampler")
+    p.add_argument("--steps", type=int, default=28, help="teacher sampler steps")
+    p.add_argument("--out", default="samples.png")
+    p.set_defaults(func=_cmd_sample)
+
+    d = subparsers.add_parser("demo", help="teacher (28 steps + CFG) beside the SwD student on held-out prompts")
+    d.add_argument("--teacher", default=str(DEFAULT_TEACHER))
+    d.add_argument("--student", default=str(DEFAULT_STUDENT))
+    d.add_argument("--n", type=int, default=8, help=f"prompts (at most {len(DEMO_PROMPTS)})")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--guidance", type=float, default=4.5)
+    d.add_argument("--out", default="demo.png")
+    d.set_defaults(func=_cmd_demo)
