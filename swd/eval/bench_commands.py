@@ -79,3 +79,6 @@ add_bench_subcommand(
     "transformer FLOPs of one sampling run: SwD schedule vs the same steps at full resolution vs the teacher",
     _configure_flops,
 )
+
+# Registers `swd bench latency` (kept in its own module with the timing code).
+from swd.eval import latency_commands  # noqa: E402,F401
