@@ -3,6 +3,7 @@
     swd data build emoji [--out DIR] [--n CONCEPTS]
     swd data build shapes [--out DIR] [--seed N] [--n SAMPLES]
     swd data info emoji|shapes|FILE.npz [--seed N] [--n N]
+    swd data encode-prompts --pipeline DIR --images DIR_OR_NPY --captions FILE --out FILE_OR_DIR
 
 `register(subparsers)` adds the `data` command to the project's argparse CLI; every parser sets
 `func(args) -> int`, and user mistakes surface as `SwdError` for the CLI to print.
@@ -23,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `data build` and `data info` to the CLI's subcommands."""
     data = subparsers.add_parser("data", help="build or describe the offline datasets (emoji, shapes)")
     data.set_defaults(func=lambda args: _usage(data))
-    commands = data.add_subparsers(dest="data_command", metavar="{build,info}")
+    commands = data.add_subparsers(dest="data_command", metavar="{build,info,encode-prompts}")
 
     build = commands.add_parser("build", help="render a dataset into the cache (or --out)")
     build.add_argument("name", choices=DATASETS)
@@ -47,6 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("--seed", type=int, default=0, help="shapes: which built set (default 0)")
     info.add_argument("--n", type=int, default=None, help="shapes: which built set (default 6000)")
     info.set_defaults(func=info_command)
+
+    from swd.data.prompts import register as register_encode_prompts
+
+    register_encode_prompts(commands)  # precomputed SD3/FLUX prompt embeddings for distillation
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

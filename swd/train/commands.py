@@ -28,16 +28,24 @@ def register(subparsers) -> None:
 
 
 def _cmd_distill(args) -> int:
-    from swd.train.distill import DistillConfig, objective_weights, train_distill, training_schedule
+    from swd.train.distill import DistillConfig, objective_weights, resolve_config, train_distill, training_schedule
 
     cfg = load_config(DistillConfig, args.config, args.set)
     if args.dry_run:
+        from swd.train.memory import dry_run_report
+
         weights = objective_weights(cfg)
-        schedule = training_schedule(cfg)
-        print(dump_config(cfg), end="")
+        resolved = resolve_config(cfg)
+        schedule = training_schedule(resolved)
+        print(dump_config(resolved), end="")
         print(f"# losses on: {', '.join(k for k, w in weights.items() if w > 0)}; "
               f"schedule {schedule.name}: scales {[list(s) for s in schedule.scales]}, sigmas "
               f"{[round(s, 4) for s in schedule.sigmas]}")
+        report = dry_run_report(cfg)  # real-size archs: parameter counts and memory, on the meta device
+        if report is not None:
+            print(report[0])
+        elif resolved.losses.feature_block is None:
+            print("# feature block: the middle of the teacher (depth // 2), known once its weights load")
         return 0
     train_distill(cfg, resume=args.resume)
     return 0
@@ -49,5 +57,6 @@ def register_distill(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set objective=mmd-only (repeatable)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config (real archs: parameter counts, per-GPU memory estimate) and exit")
     p.set_defaults(func=_cmd_distill)

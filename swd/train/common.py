@@ -1,4 +1,13 @@
-"""Pieces the testbed trainers share: data with cached text embeddings, devices, EMA, resizing."""
+"""Pieces the trainers share: data with cached text embeddings, devices, EMA, resizing.
+
+Training data, for the distillation trainer, is any object with
+  - `train_images`: len(), `.shape` (N, 3, H, W) and `[idx]` -> float images (B, 3, H, W) in [-1, 1];
+  - `train_condition(idx)`, `empty_condition()`, `heldout_condition(n)` -> TextCondition;
+  - `heldout_captions`: list[str] (labels of the sample grids).
+`CaptionedData` (the testbed sets with MiniLM embeddings, held in memory) and
+`swd.data.prompts.PromptEmbeddingData` (images + SD3/FLUX prompt embeddings precomputed by
+`swd data encode-prompts`, read lazily from disk) both provide it; `load_training_data` picks one.
+"""
 
 from __future__ import annotations
 
@@ -83,6 +92,22 @@ def _unique_first(captions: list[str]) -> list[int]:
             seen.add(c)
             keep.append(i)
     return keep
+
+
+TRAINING_SETS = ("emoji", "shapes", "embeddings")
+
+
+def load_training_data(name: str, path: str | None = None, text_tokens: int = 16):
+    """A testbed set (emoji, shapes; MiniLM text) or a precomputed prompt-embeddings file (embeddings)."""
+    if name == "embeddings":
+        from swd.data.prompts import load_prompt_embeddings
+
+        if not path:
+            raise SwdError("data.path: the embeddings set needs the file or folder of `swd data encode-prompts`")
+        return load_prompt_embeddings(path)
+    if name not in TRAINING_SETS:
+        raise SwdError(f"data.name: unknown {name!r}; choose one of {', '.join(TRAINING_SETS)}")
+    return load_testbed_data(name, path, text_tokens)
 
 
 def load_testbed_data(name: str, path: str | None = None, text_tokens: int = 16) -> CaptionedData:

@@ -12,6 +12,12 @@ Objectives (one config key): `swd` = DMD + MMD + GAN; `mmd-only` (no fake model 
 `dmd-only` = DMD + GAN without MMD; `dmd2-full` = DMD + GAN on the schedule's sigmas at constant
 full resolution (the few-step baseline, same code).
 
+Models (config `model.arch`): the pixel-space testbed MMDiT, or SD3.5 / FLUX (real or tiny
+random configs of `swd.models.configs.ARCHS`) through `swd.models.adapter_for`. Latent models
+see VAE latents of area-downscaled pixel images (`swd.train.latents`) and read prompt embeddings
+precomputed once by `swd data encode-prompts` (`swd.data.prompts`). LoRA generator and fake
+models share the teacher's frozen weights (one allocation, separate module objects).
+
 All randomness of a step comes from a generator seeded by (seed, process rank, step), so a resumed
 run repeats exactly what an uninterrupted one would have done. Gradients are averaged across
 processes by hand (accelerate sets up the processes): each model is called through several entry
@@ -28,23 +34,25 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from swd.config import dump_config, to_dict
 from swd.errors import SwdError
 from swd.images import save_grid
+from swd.lora import lora_config, lora_target_modules, model_family, save_lora
 from swd.losses import GANHead, build_mmd_loss, dmd_loss, fake_score_loss, gan_discriminator_loss, gan_generator_loss
-from swd.models import SD3Adapter, TextCondition
+from swd.models import TextCondition, adapter_for
+from swd.models.configs import ARCHS, ArchSpec, transformer_class
 from swd.sampling import add_noise, conditioned, guided, make_generator, sample_scalewise, upsample
 from swd.schedules import ScaleSchedule, flow_sigmas, resolve_schedule
 from swd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from swd.train.common import CaptionedData, autocast_context, ema_update, load_testbed_data, pick_device, resize_area
+from swd.train.common import autocast_context, load_training_data, pick_device
+from swd.train.latents import PixelSpace, VaeSpace, area_resize, load_vae
 
 OBJECTIVES = ("swd", "mmd-only", "dmd-only", "dmd2-full")
+ARCH_NAMES = ("testbed", *ARCHS)  # testbed = the pixel-space MMDiT of swd.models.testbed
 # SWD_SPEC section 4: attention q/k/v/out (both streams of joint attention) and the feed-forward linears.
-LORA_TARGETS_SD3 = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
-                    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"]
+LORA_TARGETS_SD3 = lora_target_modules("sd3")
 
 
 @dataclass
@@ -53,14 +61,16 @@ class LossConfig:
     mmd_weight: float = 1.0
     gan_weight: float = 5e-3  # generator's GAN term
     disc_weight: float = 1e-2  # discriminator term in the fake-score update
-    teacher_cfg: float = 4.5  # guidance of the teacher inside DMD (empty prompt as unconditional)
+    # Teacher's CFG inside DMD (empty prompt as unconditional); None: the arch's (4.5 L, 7.0 M, 4.5 testbed).
+    teacher_cfg: Optional[float] = None
     dmd_sigma_idx: tuple[int, int] = (12, 27)  # grid indices DMD draws its noise level from (sigma <= .79)
     mmd_sigma_idx: tuple[int, int] = (18, 27)  # and MMD / GAN (sigma <= .60)
     fake_sigma_idx: tuple[int, int] = (0, 27)  # and the fake-score regression (whole grid)
     mmd_kernel: str = "linear"  # linear | rbf
     mmd_form: str = "pseudo_huber"  # pseudo_huber | mse (linear kernel)
     mmd_per_image: bool = True  # False pools token means over the batch (the worse ablation)
-    feature_block: int = 4  # block whose image tokens feed MMD and the GAN head
+    # Block whose image tokens feed MMD and the GAN head; None: by depth (L 20/38, M 11/24, testbed depth // 2).
+    feature_block: Optional[int] = None
     feature_source: str = "auto"  # auto (fake model when there is one, else teacher) | teacher | fake
 
 
@@ -76,35 +86,44 @@ class ModelTrainConfig:
 @dataclass
 class DistillTrainConfig:
     steps: int = 2000  # generator updates
-    batch_size: int = 64
+    batch_size: int = 64  # per process (GPU); the global batch is this times the number of processes
     fake_updates: int = 5  # fake-score updates per generator update
     scale_order: str = "round_robin"  # round_robin | random
     grad_clip: float = 10.0
     precision: str = "bf16"
     device: str = "auto"
     ema_decay: float = 0.0  # 0 = no EMA (the paper's setting)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute block activations in backward (teacher, generator, fake)
     seed: int = 0
     log_every: int = 10
     sample_every: int = 500
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
     max_minutes: float = 0.0  # stop with a checkpoint after this wall time (0 = no limit)
+    export_merged: bool = True  # also write the LoRA student merged into a full diffusers model
 
 
 @dataclass
 class DistillDataConfig:
-    name: str = "emoji"
-    path: str = ""
-    text_tokens: int = 16
+    name: str = "emoji"  # emoji | shapes (testbed, MiniLM text) | embeddings (swd data encode-prompts output)
+    path: str = ""  # testbed .npz (default: the cache), or the embeddings file / folder
+    text_tokens: int = 16  # testbed only: MiniLM tokens per caption
+
+
+@dataclass
+class DistillModelConfig:
+    arch: str = "testbed"  # testbed | sd35-large | sd35-medium | flux-dev | tiny-sd3 | tiny-flux
+    vae: str = ""  # AutoencoderKL folder, or a pipeline folder with vae/; empty: the teacher's pipeline folder
+    flux_guidance: float = 4.5  # FLUX-dev's embedded guidance, kept by teacher, student and fake
 
 
 @dataclass
 class DistillConfig:
     run_dir: str = "runs/distill"
-    teacher: str = ""  # folder of a diffusers SD3Transformer2DModel (the testbed teacher)
-    schedule: str = "testbed-4"  # preset name or YAML/JSON file
+    teacher: str = ""  # folder of the teacher's diffusers transformer, or a pipeline folder with transformer/
+    schedule: str = ""  # preset name or YAML/JSON file; empty: the arch's default (testbed-4, sd35-large-4, ...)
     objective: str = "swd"
+    model: DistillModelConfig = field(default_factory=DistillModelConfig)
     data: DistillDataConfig = field(default_factory=DistillDataConfig)
     losses: LossConfig = field(default_factory=LossConfig)
     generator: ModelTrainConfig = field(default_factory=ModelTrainConfig)
@@ -126,9 +145,46 @@ def objective_weights(cfg: DistillConfig) -> dict[str, float]:
     return table[cfg.objective]
 
 
+def arch_spec(cfg: DistillConfig) -> Optional[ArchSpec]:
+    """The ArchSpec of `model.arch`; None for the pixel-space testbed."""
+    arch = cfg.model.arch
+    if arch not in ARCH_NAMES:
+        raise SwdError(f"model.arch: unknown {arch!r}; choose one of {', '.join(ARCH_NAMES)}")
+    return None if arch == "testbed" else ARCHS[arch]
+
+
+def schedule_name(cfg: DistillConfig) -> str:
+    if cfg.schedule:
+        return cfg.schedule
+    spec = arch_spec(cfg)
+    name = "testbed-4" if spec is None else spec.default_schedule
+    if not name:
+        raise SwdError(f"schedule: arch {cfg.model.arch} has no default schedule; give a preset name or a file")
+    return name
+
+
 def training_schedule(cfg: DistillConfig) -> ScaleSchedule:
-    schedule = resolve_schedule(cfg.schedule)
+    schedule = resolve_schedule(schedule_name(cfg))
     return schedule.at_full_resolution() if cfg.objective == "dmd2-full" else schedule
+
+
+def resolve_config(cfg: DistillConfig, num_blocks: Optional[int] = None) -> DistillConfig:
+    """A copy with the arch-dependent defaults filled in: schedule, teacher CFG and feature block.
+
+    The feature block defaults to the arch's (SD3.5-L 20 of 38, SD3.5-M 11 of 24); the testbed,
+    whose depth is only known from its weights, takes the middle block (num_blocks // 2).
+    """
+    cfg = copy.deepcopy(cfg)
+    spec = arch_spec(cfg)
+    cfg.schedule = schedule_name(cfg)
+    if cfg.losses.teacher_cfg is None:
+        cfg.losses.teacher_cfg = 4.5 if spec is None else spec.teacher_cfg
+    if cfg.losses.feature_block is None:
+        if spec is not None:
+            cfg.losses.feature_block = spec.feature_block
+        elif num_blocks is not None:
+            cfg.losses.feature_block = num_blocks // 2
+    return cfg
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -148,25 +204,29 @@ def scale_index(step: int, n_scales: int, order: str, gen: torch.Generator) -> i
 class ScaleBatch:
     """One batch at scale i: the generator's input, its sigma and the real target at s_i."""
 
-    x_in: torch.Tensor  # (B, C, h_i, w_i)
+    x_in: torch.Tensor  # (B, C, h_i, w_i) latents (pixels for the testbed)
     sigma: torch.Tensor  # (B,)
-    target: torch.Tensor  # (B, C, h_i, w_i): real images area-downscaled to s_i
+    target: torch.Tensor  # (B, C, h_i, w_i): real images area-downscaled to s_i (pixels), then encoded
     cond: TextCondition
 
 
 def make_scale_batch(images: torch.Tensor, cond: TextCondition, schedule: ScaleSchedule, i: int,
-                     gen: torch.Generator, device) -> ScaleBatch:
-    """Training pair of SWD_SPEC section 4 step 1-2 for (pixel-space) images in [-1, 1]."""
+                     gen: torch.Generator, device, space=None) -> ScaleBatch:
+    """Training pair of SWD_SPEC section 4 steps 1-2 for pixel images (B, 3, H, W) in [-1, 1].
+
+    The image is area-downscaled in pixel space to the pixel sizes of s_i and s_{i-1} and each is
+    encoded by `space` (identity for pixel-space models, a frozen VAE otherwise).
+    """
+    space = space or PixelSpace()
     size = schedule.scales[i]
-    target = F.interpolate(images, size=size, mode="area") if tuple(images.shape[-2:]) != size else images
+    target = space.encode(area_resize(images, space.pixel_size(size)))
     sigma_i = schedule.sigmas[i]
-    eps = torch.randn(target.shape, generator=gen)
+    eps = torch.randn(target.shape, generator=gen).to(target.device)
     if i == 0:
         # The first step starts from the sampler's starting point: noise at sigma_0 (pure if 1).
         x_in = add_noise(torch.zeros_like(target), sigma_i, eps) if sigma_i < 1 else eps
     else:
-        prev = schedule.scales[i - 1]
-        lower = F.interpolate(images, size=prev, mode="area") if tuple(images.shape[-2:]) != prev else images
+        lower = space.encode(area_resize(images, space.pixel_size(schedule.scales[i - 1])))
         x_in = add_noise(upsample(lower, size, "bicubic"), sigma_i, eps)
     b = images.shape[0]
     return ScaleBatch(x_in.to(device), torch.full((b,), sigma_i, device=device), target.to(device), cond.to(device))
@@ -178,29 +238,112 @@ def grid_sigmas(grid: torch.Tensor, idx_range, batch: int, gen: torch.Generator,
     return grid[idx].to(device)
 
 
+def hidden_width(transformer) -> int:
+    """Width of the image tokens a block outputs (SD3 and FLUX: heads * head_dim)."""
+    return transformer.config.num_attention_heads * transformer.config.attention_head_dim
+
+
 class FakeScore(torch.nn.Module):
     """The fake-score model (a teacher copy, trained on generator samples) and the GAN head."""
 
-    def __init__(self, transformer, head: GANHead):
+    def __init__(self, transformer, head: GANHead, **adapter_kwargs):
         super().__init__()
         self.transformer = transformer
         self.head = head
         # Kept out of the module tree: it wraps the same transformer, registered above.
-        self.__dict__["adapter"] = SD3Adapter(transformer)
+        self.__dict__["adapter"] = adapter_for(transformer, **adapter_kwargs)
 
 
-def add_lora(transformer, mc: ModelTrainConfig, name: str):
-    """Freeze the model and attach a trainable LoRA (rank > 0), or train every weight (rank 0)."""
+def add_lora(transformer, mc: ModelTrainConfig, name: str, family: str = "sd3"):
+    """Freeze the model and attach a trainable LoRA (rank > 0), or train every weight (rank 0).
+
+    LoRA targets: `swd.lora.lora_config(family)` (attention q/k/v/out of both streams and both
+    feed-forward linears; FLUX also its single blocks' proj_mlp / proj_out, not the final layer).
+    LoRA weights are kept in float32 whatever the base's dtype (they are the optimizer's masters).
+    """
     if mc.lora_rank <= 0:
         transformer.requires_grad_(True)
         return transformer
-    from peft import LoraConfig
-
     transformer.requires_grad_(False)
-    config = LoraConfig(r=mc.lora_rank, lora_alpha=mc.lora_alpha or mc.lora_rank, init_lora_weights="gaussian",
-                        target_modules=LORA_TARGETS_SD3)
-    transformer.add_adapter(config, adapter_name=name)
+    transformer.add_adapter(lora_config(family, mc.lora_rank, mc.lora_alpha or None), adapter_name=name)
+    for p in transformer.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
     return transformer
+
+
+def shared_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy whose frozen parameters and buffers ARE the original's (no second allocation)."""
+    memo = {id(p): p for p in module.parameters() if not p.requires_grad}
+    memo.update({id(b): b for b in module.buffers()})
+    return copy.deepcopy(module, memo)
+
+
+@dataclass
+class DistillModels:
+    """Teacher, generator and fake-score model (None for mmd-only): separate named objects."""
+
+    teacher: torch.nn.Module
+    generator: torch.nn.Module
+    fake: Optional[FakeScore]
+    family: str  # sd3 | flux
+
+
+def build_models(cfg: DistillConfig, teacher: torch.nn.Module,
+                 frozen_dtype: Optional[torch.dtype] = None) -> DistillModels:
+    """Generator and fake-score model from a teacher already on its device.
+
+    Full copies (lora_rank 0) are taken first, in float32; then the teacher is frozen (and cast
+    to `frozen_dtype`, bf16 on GPUs) and LoRA models are built as `shared_copy`s of it, so the
+    base weights exist once. Works on the meta device too (the dry run).
+    """
+    family = model_family(teacher)
+    weights = objective_weights(cfg)
+    needs_fake = weights["dmd"] > 0 or weights["gan"] > 0
+    generator = copy.deepcopy(teacher).float() if cfg.generator.lora_rank <= 0 else None
+    fake_model = copy.deepcopy(teacher).float() if needs_fake and cfg.fake.lora_rank <= 0 else None
+    teacher.eval().requires_grad_(False)
+    if frozen_dtype is not None:
+        # nn.Module.to: diffusers' own .to warns about fp32-kept modules (SD3 and FLUX have none).
+        torch.nn.Module.to(teacher, frozen_dtype)
+    generator = add_lora(generator if generator is not None else shared_copy(teacher), cfg.generator, "student",
+                         family)
+    fake = None
+    if needs_fake:
+        fake_model = add_lora(fake_model if fake_model is not None else shared_copy(teacher), cfg.fake, "fake",
+                              family)
+        fake = FakeScore(fake_model, GANHead(hidden_width(teacher)), guidance=cfg.model.flux_guidance)
+    if cfg.train.gradient_checkpointing:
+        for model in (teacher, generator, fake_model if needs_fake else None):
+            if model is not None:
+                model.enable_gradient_checkpointing()
+    return DistillModels(teacher, generator.train(), fake.train() if fake is not None else None, family)
+
+
+class TrainableState:
+    """The part of a LoRA model a checkpoint keeps: its trainable tensors (the frozen base is the
+    teacher's, reloaded from its folder on resume)."""
+
+    def __init__(self, module: torch.nn.Module, names: list[str]):
+        self.module, self.names = module, list(names)
+
+    def state_dict(self) -> dict:
+        state = self.module.state_dict()
+        return {k: state[k] for k in self.names}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing, unexpected = set(self.names) - set(state), set(state) - set(self.names)
+        if missing or unexpected:
+            key = sorted(missing or unexpected)[0]
+            raise SwdError(f"checkpoint: {'missing' if missing else 'unexpected'} tensor {key!r} "
+                           f"(was it written with another LoRA rank or model?)")
+        self.module.load_state_dict(state, strict=False)
+
+
+def checkpoint_view(module: torch.nn.Module, lora: bool):
+    if not lora:
+        return module
+    return TrainableState(module, [n for n, p in module.named_parameters() if p.requires_grad])
 
 
 def average_gradients(params, world_size: int) -> None:
@@ -218,22 +361,74 @@ def trainable(module) -> list[torch.nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
-def load_teacher(path: str):
-    from diffusers import SD3Transformer2DModel
+def load_teacher(path: str, family: str = "sd3", dtype: Optional[torch.dtype] = None):
+    """The teacher transformer from its folder, or from the `transformer/` folder of a pipeline."""
+    cls = transformer_class(family)
+    folder = Path(path) if path else None
+    if folder is not None and (folder / "transformer" / "config.json").is_file():
+        folder = folder / "transformer"
+    if folder is None or not (folder / "config.json").is_file():
+        raise SwdError(f"teacher: {path!r} is not a folder with a saved {cls.__name__} "
+                       f"(or a pipeline folder with transformer/)")
+    return cls.from_pretrained(folder, **({"dtype": dtype} if dtype is not None else {}))
 
-    if not path or not Path(path).is_dir():
-        raise SwdError(f"teacher: {path!r} is not a folder with a saved SD3Transformer2DModel")
-    return SD3Transformer2DModel.from_pretrained(path)
+
+def check_teacher(teacher, spec: Optional[ArchSpec]) -> None:
+    """The teacher must be the arch the config names (its feature block and defaults depend on it)."""
+    family = model_family(teacher)
+    expected = "sd3" if spec is None else spec.family
+    name = "testbed" if spec is None else spec.name
+    if family != expected:
+        raise SwdError(f"model.arch: {name} needs a {transformer_class(expected).__name__} teacher, "
+                       f"got {type(teacher).__name__}")
+    if spec is not None:
+        for key in ("num_layers", "num_single_layers"):
+            want, got = spec.transformer.get(key), getattr(teacher.config, key, None)
+            if want is not None and want != got:
+                raise SwdError(f"model.arch: {name} has {key}={want}, but the teacher has {got}")
 
 
-def train_distill(cfg: DistillConfig, resume: bool = False, data: Optional[CaptionedData] = None,
-                  teacher: Optional[torch.nn.Module] = None) -> "DistillResult":
-    """Distill a scale-wise student; returns the exported folder and the trained generator."""
+def latent_space(cfg: DistillConfig, spec: Optional[ArchSpec], vae, device, dtype):
+    if spec is None:
+        if vae is not None:
+            raise SwdError("model.vae: the testbed works in pixel space and takes no VAE")
+        return PixelSpace()
+    if vae is None:
+        source = cfg.model.vae or (cfg.teacher if cfg.teacher and (Path(cfg.teacher) / "vae").is_dir() else "")
+        if not source:
+            raise SwdError(f"model.vae: arch {spec.name} works in a VAE's latent space; set model.vae to an "
+                           f"AutoencoderKL folder or a pipeline folder")
+        vae = load_vae(source)
+    return VaeSpace(vae, device, dtype)
+
+
+def check_data(data, space, schedule: ScaleSchedule, teacher) -> None:
+    pixels = space.pixel_size(schedule.final_size)
+    if tuple(data.train_images.shape[-2:]) != tuple(pixels):
+        unit = "" if space.downsample == 1 else f" (latent {schedule.final_size} x VAE factor {space.downsample})"
+        raise SwdError(f"schedule: final size {pixels}{unit} differs from the data's images "
+                       f"{tuple(data.train_images.shape[-2:])}")
+    empty = data.empty_condition()
+    joint, pooled = teacher.config.joint_attention_dim, teacher.config.pooled_projection_dim
+    if empty.prompt_embeds.shape[-1] != joint or empty.pooled.shape[-1] != pooled:
+        raise SwdError(f"data: prompt embeddings are {empty.prompt_embeds.shape[-1]} wide (pooled "
+                       f"{empty.pooled.shape[-1]}), but the teacher takes {joint} (pooled {pooled}); "
+                       f"encode them with this model's pipeline")
+
+
+def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: Optional[torch.nn.Module] = None,
+                  vae: Optional[torch.nn.Module] = None) -> "DistillResult":
+    """Distill a scale-wise student; returns the exported folder and the trained generator.
+
+    data: a CaptionedData / PromptEmbeddingData (default: from cfg.data); teacher: a diffusers
+    transformer (default: loaded from cfg.teacher); vae: an AutoencoderKL for latent archs
+    (default: loaded from cfg.model.vae or the teacher's pipeline folder).
+    """
     from accelerate import Accelerator
 
-    tc, lc = cfg.train, cfg.losses
+    spec = arch_spec(cfg)
     weights = objective_weights(cfg)
-    schedule = training_schedule(cfg)
+    tc = cfg.train
     run, ckpt_dir = Path(cfg.run_dir), Path(cfg.run_dir) / "checkpoints"
     device_pref = pick_device(tc.device)
     accelerator = Accelerator(cpu=device_pref.type == "cpu")
@@ -241,50 +436,63 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data: Optional[Capti
     main = accelerator.is_main_process
     if not resume and latest_checkpoint(ckpt_dir) is not None:
         raise SwdError(f"run_dir: {run} already has checkpoints; pass --resume or choose another run_dir")
+    # bf16 on a GPU: frozen weights (teacher, LoRA bases, VAE) are stored in bf16, trainable ones in fp32.
+    frozen_dtype = torch.bfloat16 if device.type == "cuda" and tc.precision == "bf16" else None
+    all_lora = cfg.generator.lora_rank > 0 and cfg.fake.lora_rank > 0
+
+    if data is None:
+        if spec is not None and cfg.data.name != "embeddings":
+            raise SwdError(f"data.name: arch {spec.name} trains on precomputed prompt embeddings; set data.name: "
+                           f"embeddings and data.path to the output of `swd data encode-prompts`")
+        data = load_training_data(cfg.data.name, cfg.data.path or None, cfg.data.text_tokens)
+    if teacher is None:
+        teacher = load_teacher(cfg.teacher, "sd3" if spec is None else spec.family, frozen_dtype if all_lora else None)
+    check_teacher(teacher, spec)
+    cfg = resolve_config(cfg, num_blocks=adapter_for(teacher).num_blocks)
+    lc = cfg.losses
+    schedule = training_schedule(cfg)
+    models = build_models(cfg, teacher.to(device), frozen_dtype)
+    teacher, generator_model, fake = models.teacher, models.generator, models.fake
+    adapter_kwargs = {"guidance": cfg.model.flux_guidance}
+    teacher_adapter = adapter_for(teacher, **adapter_kwargs)
+    gen_adapter = adapter_for(generator_model, **adapter_kwargs)
+    schedule.check_model(teacher_adapter.patch_size, teacher_adapter.max_latent_size, "teacher")
+    space = latent_space(cfg, spec, vae, device, frozen_dtype)
+    if space.channels != teacher_adapter.latent_channels:
+        raise SwdError(f"model.vae: {space.channels} latent channels, but the teacher takes "
+                       f"{teacher_adapter.latent_channels}")
+    check_data(data, space, schedule, teacher)
+    feature_block = lc.feature_block
+    teacher_adapter.block(feature_block)  # validates the index against the model
     if main:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.yaml").write_text(dump_config(cfg))
 
-    if data is None:
-        data = load_testbed_data(cfg.data.name, cfg.data.path or None, cfg.data.text_tokens)
-    if teacher is None:
-        teacher = load_teacher(cfg.teacher)
-    teacher = teacher.to(device).eval().requires_grad_(False)
-    teacher_adapter = SD3Adapter(teacher)
-    schedule.check_model(teacher_adapter.patch_size, teacher_adapter.max_latent_size, "teacher")
-    if tuple(data.train_images.shape[-2:]) != schedule.final_size:
-        raise SwdError(f"schedule: final size {schedule.final_size} differs from the data's "
-                       f"{tuple(data.train_images.shape[-2:])}")
-    feature_block = lc.feature_block
-    teacher_adapter.block(feature_block)  # validates the index against the model
-
-    generator_model = add_lora(copy.deepcopy(teacher), cfg.generator, "student").train()
-    gen_adapter = SD3Adapter(generator_model)
-    needs_fake = weights["dmd"] > 0 or weights["gan"] > 0
-    fake = None
-    if needs_fake:
-        width = teacher.config.num_attention_heads * teacher.config.attention_head_dim
-        fake = FakeScore(add_lora(copy.deepcopy(teacher), cfg.fake, "fake"), GANHead(width)).to(device).train()
     source = lc.feature_source if lc.feature_source != "auto" else ("fake" if fake is not None else "teacher")
     if source == "fake" and fake is None:
         raise SwdError("losses.feature_source: 'fake' needs a fake-score model (objective mmd-only has none)")
     if source not in ("fake", "teacher"):
         raise SwdError(f"losses.feature_source: must be auto, teacher or fake, got {source!r}")
-    if tc.gradient_checkpointing:
-        generator_model.enable_gradient_checkpointing()
     mmd = build_mmd_loss(lc.mmd_kernel, **({"form": lc.mmd_form, "per_image": lc.mmd_per_image}
                                             if lc.mmd_kernel == "linear" else {}))
-    ema = copy.deepcopy(generator_model).requires_grad_(False) if tc.ema_decay > 0 else None
+    gen_lora, fake_lora = cfg.generator.lora_rank > 0, cfg.fake.lora_rank > 0
+    ema = None
+    if tc.ema_decay > 0:
+        ema = (shared_copy(generator_model) if gen_lora else copy.deepcopy(generator_model)).requires_grad_(False)
 
     def adamw(params, mc: ModelTrainConfig):
         return torch.optim.AdamW(params, lr=mc.lr, betas=tuple(mc.betas), weight_decay=mc.weight_decay)
 
+    gen_names = [n for n, p in generator_model.named_parameters() if p.requires_grad]
     gen_params = trainable(generator_model)
     gen_opt = adamw(gen_params, cfg.generator)
     fake_params = trainable(fake) if fake is not None else []
     fake_opt = adamw(fake_params, cfg.fake) if fake is not None else None
-    modules = {"generator": generator_model, **({"fake": fake} if fake is not None else {}),
-               **({"ema": ema} if ema is not None else {})}
+    ema_params = [dict(ema.named_parameters())[n] for n in gen_names] if ema is not None else []
+    # LoRA models are checkpointed without their (shared, frozen) base weights.
+    modules = {"generator": checkpoint_view(generator_model, gen_lora),
+               **({"fake": checkpoint_view(fake, fake_lora)} if fake is not None else {}),
+               **({"ema": TrainableState(ema, gen_names) if gen_lora else ema} if ema is not None else {})}
     optimizers = {"generator": gen_opt, **({"fake": fake_opt} if fake_opt is not None else {})}
 
     step = 0
@@ -302,7 +510,7 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data: Optional[Capti
 
     def draw(i: int, gen: torch.Generator) -> ScaleBatch:
         idx = torch.randint(len(images), (tc.batch_size,), generator=gen)
-        return make_scale_batch(images[idx], data.train_condition(idx), schedule, i, gen, device)
+        return make_scale_batch(images[idx], data.train_condition(idx), schedule, i, gen, device, space)
 
     def student_x0(batch: ScaleBatch) -> torch.Tensor:
         v = gen_adapter(batch.x_in, batch.sigma, batch.cond)
@@ -314,8 +522,10 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data: Optional[Capti
 
     if main:
         n_gen = sum(p.numel() for p in gen_params)
-        print(f"distill: objective {cfg.objective} {weights}; schedule {schedule.name} {[s[0] for s in schedule.scales]}; "
-              f"{n_gen / 1e6:.2f}M trainable generator params; {world} process(es) on {device}")
+        print(f"distill: {cfg.model.arch} ({models.family}), objective {cfg.objective} {weights}; "
+              f"schedule {schedule.name} {[s[0] for s in schedule.scales]}; feature block {feature_block} of "
+              f"{teacher_adapter.num_blocks}; {n_gen / 1e6:.2f}M trainable generator params; "
+              f"{world} process(es) on {device}")
     log = open(run / "log.jsonl", "a") if main else None
     started = time.time()
     pbar = tqdm(total=tc.steps, initial=step, desc=f"distill {cfg.objective}", disable=not main, dynamic_ncols=True)
@@ -392,7 +602,9 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data: Optional[Capti
         grad_norm = torch.nn.utils.clip_grad_norm_(gen_params, tc.grad_clip)
         gen_opt.step()
         if ema is not None:
-            ema_update(ema, generator_model, tc.ema_decay)
+            with torch.no_grad():
+                for e, p in zip(ema_params, gen_params):
+                    e.lerp_(p.detach(), 1.0 - tc.ema_decay)
         step += 1
         pbar.update(1)
         record.update({k: v.item() for k, v in losses.items()}, grad_norm=float(grad_norm),
@@ -405,7 +617,7 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data: Optional[Capti
             log.flush()
             pbar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in ("dmd", "mmd", "gan", "fake")}, scale=record["scale"])
         if main and (step % tc.sample_every == 0 or last_step):
-            grid_imgs = student_samples(gen_adapter, data, schedule, device, tc.precision)
+            grid_imgs = student_samples(gen_adapter, data, schedule, device, tc.precision, space)
             save_grid(grid_imgs, run / "samples" / f"step_{step:08d}.png", labels=data.heldout_captions[: len(grid_imgs)])
         if main and (step % tc.checkpoint_every == 0 or last_step):
             save_checkpoint(ckpt_dir, step, modules, optimizers, {"config": to_dict(cfg)}, keep=tc.keep_checkpoints)
@@ -416,19 +628,26 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data: Optional[Capti
     pbar.close()
     if log is not None:
         log.close()
-    export = run / "student"
+    student = ema if ema is not None else generator_model
+    export, lora_dir = run / "student", run / "student-lora"
     if main:
-        export_student(ema if ema is not None else generator_model, export, schedule)
-        print(f"student written to {export}")
+        if gen_lora:
+            export_lora(student, lora_dir, schedule, "student")
+            print(f"student LoRA written to {lora_dir}")
+        if tc.export_merged or not gen_lora:
+            export_student(student, export, schedule)
+            print(f"student written to {export}")
     accelerator.wait_for_everyone()
-    return DistillResult(export, generator_model, step)
+    return DistillResult(export if tc.export_merged or not gen_lora else lora_dir, generator_model, step,
+                         lora_dir if gen_lora else None)
 
 
 @dataclass
 class DistillResult:
-    export_dir: Path  # written by the main process
+    export_dir: Path  # written by the main process: the merged student, or the LoRA folder
     generator: torch.nn.Module  # this process's replica
     step: int
+    lora_dir: Optional[Path] = None  # LoRA students: diffusers + ComfyUI LoRA files
 
 
 def check_finite(loss: torch.Tensor, what: str, step: int, ckpt_dir: Path) -> None:
@@ -438,40 +657,68 @@ def check_finite(loss: torch.Tensor, what: str, step: int, ckpt_dir: Path) -> No
 
 
 @torch.no_grad()
-def student_samples(adapter, data: CaptionedData, schedule: ScaleSchedule, device, precision: str,
+def student_samples(adapter, data, schedule: ScaleSchedule, device, precision: str, space=None,
                     n: int = 16, seed: int = 0) -> torch.Tensor:
+    """A grid of the student's samples on the held-out prompts, as pixel images in [-1, 1]."""
+    space = space or PixelSpace()
     n = min(n, len(data.heldout_captions))
     cond = data.heldout_condition(n).to(device)
+    n = cond.batch_size
     was_training = adapter.training
     adapter.eval()
     with autocast_context(device, precision):
         x = sample_scalewise(conditioned(adapter, cond), schedule, n, adapter.latent_channels,
                              generator=make_generator(seed), device=device)
     adapter.train(was_training)
-    return x.float().clamp(-1, 1)
+    return space.decode(x.float()).float().clamp(-1, 1)
 
 
-def export_student(model, folder: Path, schedule: ScaleSchedule) -> None:
-    """Save the student as a diffusers model (LoRA merged) plus its schedule, in <=15 MB shards."""
-    model = copy.deepcopy(model)
-    if getattr(model, "peft_config", None):
-        from peft.tuners.tuners_utils import BaseTunerLayer
+def merged_state_dict(model) -> dict[str, torch.Tensor]:
+    """The model's weights with every LoRA folded in (W + scale B A), under plain diffusers keys, on CPU.
 
-        for module in model.modules():
-            if isinstance(module, BaseTunerLayer):
-                module.merge()
-        model = _strip_lora(model)
-    model.save_pretrained(folder, max_shard_size="15MB", safe_serialization=True)
-    schedule.save(folder / "schedule.yaml")
+    Computed out of place: the base weights, possibly shared with the teacher, are not touched.
+    """
+    from peft.tuners.lora import LoraLayer
 
-
-def _strip_lora(model):
-    """A plain copy of a LoRA-merged diffusers model: base weights renamed back, LoRA keys dropped."""
+    deltas = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            for adapter in module.lora_A:
+                delta = module.get_delta_weight(adapter).detach()
+                key = f"{name}.weight"
+                deltas[key] = delta if key not in deltas else deltas[key] + delta
     state = {}
     for key, value in model.state_dict().items():
         if "lora_" in key:
             continue
-        state[key.replace(".base_layer.", ".")] = value
-    plain = type(model).from_config(model.config)
-    plain.load_state_dict(state)
-    return plain
+        key = key.replace(".base_layer.", ".")
+        if key in deltas:
+            value = (value.float() + deltas[key].float()).to(value.dtype) if value.dtype != torch.float32 \
+                else value + deltas[key]
+        state[key] = value.detach().cpu().contiguous()
+    return state
+
+
+def export_student(model, folder: Path, schedule: ScaleSchedule) -> None:
+    """Save the student as a plain diffusers model (LoRA merged) plus its schedule.
+
+    Small models go in 15 MB shards (they travel through size-limited transfers), large ones in 5 GB.
+    """
+    if getattr(model, "peft_config", None):
+        state = merged_state_dict(model)
+        with torch.device("meta"):
+            plain = type(model).from_config(model.config)
+        plain.load_state_dict(state, assign=True)
+        model = plain
+    n_params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(folder, max_shard_size="15MB" if n_params < 200e6 else "5GB", safe_serialization=True)
+    schedule.save(folder / "schedule.yaml")
+
+
+def export_lora(model, folder: Path, schedule: ScaleSchedule, adapter_name: str) -> None:
+    """The student LoRA in diffusers' layout (`load_lora_weights`, `swd.lora.load_lora`) and as one
+    ComfyUI file, plus the schedule."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_lora(model, folder, "diffusers", adapter_name=adapter_name)
+    save_lora(model, folder / "student_comfyui.safetensors", "comfyui", adapter_name=adapter_name)
+    schedule.save(folder / "schedule.yaml")

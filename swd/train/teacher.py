@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from swd.config import dump_config
+from swd.config import dump_config, to_dict
 from swd.errors import SwdError
 from swd.images import save_grid
 from swd.models import SD3Adapter
@@ -182,7 +182,7 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False, data: CaptionedData 
                       labels=data.heldout_captions[: len(samples)])
         if step % tc.checkpoint_every == 0 or step == tc.steps or out_of_time:
             save_checkpoint(ckpt_dir, step, {"model": model, "ema": ema}, {"opt": opt},
-                            {"config": json.loads(json.dumps(cfg, default=lambda o: o.__dict__))},
+                            {"config": to_dict(cfg)},
                             keep=tc.keep_checkpoints)
         if out_of_time:
             print(f"stopping at step {step}: train.max_minutes={tc.max_minutes} reached (resume with --resume)")

@@ -1,0 +1,104 @@
+"""The space a model denoises in: pixels (the testbed) or a frozen VAE's latents (SD3, FLUX).
+
+SWD_SPEC section 4, step 1: real images are area-downscaled in PIXEL space to the pixel size of
+a scale and only then encoded, so the target at every scale is the encoding of a real
+low-resolution image (not a resized latent). A scale's pixel size is its latent size times the
+VAE's downsampling factor, `2 ** (len(vae.config.block_out_channels) - 1)` (8 for SD3 and FLUX).
+
+    space = VaeSpace(vae, device)            # or PixelSpace() for pixel-space models
+    z = space.encode(images)                 # (B, 3, H, W) in [-1, 1] -> (B, C, H/f, W/f)
+    x = space.decode(z)                      # and back, for sample grids
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from swd.errors import SwdError
+
+
+class PixelSpace:
+    """Pixel-space models: the identity, one pixel per latent pixel."""
+
+    downsample = 1
+    channels = 3
+
+    def pixel_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        return tuple(size)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+
+class VaeSpace:
+    """A frozen diffusers AutoencoderKL: `encode` gives `(mean - shift_factor) * scaling_factor`.
+
+    The posterior mean is used (not a sample): it is deterministic, and the SD3/FLUX VAEs'
+    posterior std is tiny next to the diffusion noise added on top. Images are encoded in chunks
+    of `chunk` to bound the VAE's transient memory at 1024 px.
+    """
+
+    def __init__(self, vae, device=None, dtype: torch.dtype | None = None, chunk: int = 4):
+        config = vae.config
+        # nn.Module.to: diffusers' own .to only adds a warning about fp32-kept modules (the VAE has none).
+        self.vae = torch.nn.Module.to(vae, device=device, dtype=dtype).eval().requires_grad_(False)
+        self.scaling = float(config.scaling_factor)
+        self.shift = float(getattr(config, "shift_factor", None) or 0.0)
+        self.downsample = 2 ** (len(config.block_out_channels) - 1)
+        self.channels = int(config.latent_channels)
+        self.chunk = chunk
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+    def pixel_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        return (size[0] * self.downsample, size[1] * self.downsample)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> float32 latents (B, C, H/f, W/f) on the VAE's device."""
+        out = []
+        for part in images.split(self.chunk):
+            dist = self.vae.encode(part.to(self.device, self.dtype), return_dict=False)[0]
+            out.append((dist.mode().float() - self.shift) * self.scaling)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Inverse of encode: float32 images (B, 3, H, W), roughly in [-1, 1]."""
+        out = []
+        for part in latents.split(self.chunk):
+            z = part.to(self.device, self.dtype) / self.scaling + self.shift
+            out.append(self.vae.decode(z, return_dict=False)[0].float())
+        return torch.cat(out)
+
+
+def area_resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Area (box-filter) downscaling to (h, w); a no-op at the same size."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=tuple(size), mode="area")
+
+
+def load_vae(path: str):
+    """An AutoencoderKL from its folder, or from the `vae/` folder of a pipeline folder."""
+    from pathlib import Path
+
+    from diffusers import AutoencoderKL
+
+    folder = Path(path) if path else None
+    if folder is not None and (folder / "vae" / "config.json").is_file():
+        folder = folder / "vae"
+    if folder is None or not (folder / "config.json").is_file():
+        raise SwdError(f"model.vae: {path!r} is not a folder with a saved AutoencoderKL "
+                       f"(or a pipeline folder with vae/)")
+    return AutoencoderKL.from_pretrained(folder)
