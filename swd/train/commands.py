@@ -25,6 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=_cmd_train_teacher)
     register_distill(subparsers)
+    register_export(subparsers)
 
 
 def _cmd_distill(args) -> int:
@@ -60,3 +61,43 @@ def register_distill(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config (real archs: parameter counts, per-GPU memory estimate) and exit")
     p.set_defaults(func=_cmd_distill)
+
+
+def _cmd_export(args) -> int:
+    """Write one module of a training checkpoint as a diffusers model folder (<=15 MB shards)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from swd.config import from_dict
+    from swd.errors import SwdError
+    from swd.models.testbed import build_testbed_transformer
+    from swd.train.checkpoint import latest_checkpoint
+    from swd.train.teacher import TeacherConfig
+
+    path = Path(args.checkpoint)
+    if (path / "checkpoints").is_dir():
+        path = latest_checkpoint(path / "checkpoints") or path
+    meta_file = path / "meta.json"
+    if not meta_file.is_file():
+        raise SwdError(f"--checkpoint: {args.checkpoint} is neither a checkpoint folder nor a run folder with checkpoints")
+    import json
+
+    meta = json.loads(meta_file.read_text())
+    weights = path / f"{args.weights}.safetensors"
+    if not weights.is_file():
+        raise SwdError(f"--weights: {path} has no {args.weights!r} module")
+    cfg = from_dict(TeacherConfig, meta["config"])
+    model = build_testbed_transformer(cfg.model)
+    model.load_state_dict(load_file(str(weights)))
+    model.save_pretrained(args.out, max_shard_size="15MB", safe_serialization=True)
+    print(f"{args.weights} weights of {path.name} (step {meta['step']}) written to {args.out}")
+    return 0
+
+
+def register_export(subparsers) -> None:
+    p = subparsers.add_parser("export", help="write a teacher checkpoint's model or EMA weights as a diffusers folder")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a run folder (its latest checkpoint)")
+    p.add_argument("--weights", default="ema", choices=("ema", "model"), help="which copy to export")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_export)

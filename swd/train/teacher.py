@@ -165,7 +165,8 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False, data: CaptionedData 
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
-        ema_update(ema, model, tc.ema_decay)
+        # EMA warm-up: early on, average over the steps taken so far rather than the random init.
+        ema_update(ema, model, min(tc.ema_decay, (1 + step) / (10 + step)))
         step += 1
         pbar.update(1)
 

@@ -83,3 +83,17 @@ def test_bad_scale_is_rejected(tmp_path):
     cfg.train.scales = [9]
     with pytest.raises(SwdError, match="train.scales"):
         train_teacher(cfg, data=synthetic_data())
+
+
+def test_export_command_writes_the_chosen_weights(tmp_path, capsys):
+    from swd.cli import main
+    from swd.train.checkpoint import latest_checkpoint
+
+    train_teacher(tiny_config(tmp_path / "x", 2), data=synthetic_data())
+    out = tmp_path / "exported"
+    assert main(["export", "--checkpoint", str(tmp_path / "x"), "--weights", "model", "--out", str(out)]) == 0
+    saved = load_file(str(out / "diffusion_pytorch_model.safetensors"))
+    ckpt = load_file(str(latest_checkpoint(tmp_path / "x" / "checkpoints") / "model.safetensors"))
+    assert saved.keys() == ckpt.keys() and all(torch.equal(saved[k], ckpt[k]) for k in saved)
+    assert main(["export", "--checkpoint", str(tmp_path), "--out", str(out)]) == 2
+    assert "neither a checkpoint folder" in capsys.readouterr().err
