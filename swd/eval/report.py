@@ -1,0 +1,173 @@
+"""`swd report`: tables and plots from evaluation JSONs and training logs.
+
+Inputs are what the other commands wrote: one folder per evaluated run holding `metrics.json`
+(`swd eval run --out DIR`), and optionally training logs (`log.jsonl` of `swd distill` runs).
+The generated markdown goes between two marker lines of the target file, so hand-written text
+around it (hardware, commands, caveats) survives a regeneration.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from swd.errors import SwdError
+
+BEGIN, END = "<!-- swd report: begin -->", "<!-- swd report: end -->"
+
+
+def load_evals(folder: str | Path) -> list[dict]:
+    """Every `*/metrics.json` under folder, labelled by its sub-folder name, in name order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SwdError(f"--evals: {folder} is not a folder")
+    rows = []
+    for path in sorted(folder.glob("*/metrics.json")):
+        data = json.loads(path.read_text())
+        data["label"] = path.parent.name
+        rows.append(data)
+    if not rows:
+        raise SwdError(f"--evals: no */metrics.json under {folder}")
+    return rows
+
+
+def _steps(row: dict) -> str:
+    sched = row.get("schedule")
+    if sched == "teacher" or row.get("teacher_steps"):
+        return f"{row.get('teacher_steps')} + CFG {row.get('guidance')}"
+    scales = [s[0] for s in sched["scales"]]
+    kind = "scale-wise" if len(set(scales)) > 1 else "full-res"
+    return f"{len(scales)} {kind} ({'->'.join(map(str, scales))})"
+
+
+def _fmt(value, digits=3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def metrics_table(rows: list[dict], flops: dict[str, float] | None = None) -> str:
+    head = ("| run | steps | CPU ms/image | FD (evaluator) | precision | recall | text align | lap-SWD x1e3 |"
+            + (" shapes acc |" if any("shapes" in r["metrics"] for r in rows) else ""))
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        m = r["metrics"]
+        cells = [r["label"], _steps(r), _fmt(r["sampling_seconds_per_image"] * 1000, 1), _fmt(m.get("fd"), 2),
+                 _fmt(m.get("precision")), _fmt(m.get("recall")),
+                 f"{_fmt(m.get('text_alignment'))} (real {_fmt(m.get('text_alignment_real'))})", _fmt(m.get("lap_swd"), 2)]
+        if "shapes" in m:
+            shapes = m["shapes"]
+            cells.append(_fmt(shapes.get("accuracy") if isinstance(shapes, dict) else shapes))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_quality_vs_latency(rows: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for r in rows:
+        x, y = r["sampling_seconds_per_image"] * 1000, r["metrics"].get("fd")
+        if y is None:
+            continue
+        ax.scatter([x], [y])
+        ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("CPU sampling time per image (ms, log)")
+    ax.set_ylabel("FD in the evaluator's feature space (lower is better)")
+    ax.set_title("Quality against latency, emoji held-out prompts")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_training_curves(logs: dict[str, Path], path: Path, keys=("mmd", "dmd", "fake")) -> Path:
+    """One panel per loss key; one line per run (x = generator step)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in keys if any(k in json.loads(l) for p in logs.values() for l in p.read_text().splitlines()[:1])]
+    if not keys:
+        raise SwdError("--logs: none of the logs has mmd, dmd or fake losses")
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, log in logs.items():
+            recs = [json.loads(l) for l in log.read_text().splitlines()]
+            pts = [(r["step"], r[key]) for r in recs if key in r]
+            if pts:
+                ax.plot(*zip(*pts), label=label, lw=1)
+        ax.set_title(f"{key} loss")
+        ax.set_xlabel("generator step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_between_markers(target: Path, body: str) -> None:
+    text = target.read_text() if target.exists() else ""
+    block = f"{BEGIN}\n{body.rstrip()}\n{END}"
+    if BEGIN in text and END in text:
+        start, end = text.index(BEGIN), text.index(END) + len(END)
+        text = text[:start] + block + text[end:]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    target.write_text(text)
+
+
+def build_report(evals: str | Path, out: str | Path, logs: list[str] | None = None, plots: str | Path | None = None) -> str:
+    rows = load_evals(evals)
+    plots = Path(plots) if plots else Path(out).parent / "results"
+    body = [metrics_table(rows), ""]
+    qpath = plot_quality_vs_latency(rows, plots / "quality_vs_latency.png")
+    body.append(f"![quality against latency]({_rel(qpath, Path(out).parent)})")
+    if logs:
+        named = {}
+        for item in logs:
+            label, _, path = item.partition("=")
+            path = Path(path or label)
+            if not path.is_file():
+                raise SwdError(f"--logs: {path} does not exist")
+            named[label if _ else path.parent.name] = path
+        cpath = plot_training_curves(named, plots / "training_curves.png")
+        body.append("")
+        body.append(f"![training curves]({_rel(cpath, Path(out).parent)})")
+    text = "\n".join(body)
+    write_between_markers(Path(out), text)
+    return text
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _cmd_report(args) -> int:
+    text = build_report(args.evals, args.out, args.logs, args.plots)
+    print(text)
+    print(f"\nwritten between the report markers of {args.out}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("report", help="results table and plots from eval JSONs and training logs")
+    p.add_argument("--evals", required=True, help="folder with one sub-folder (named by run) per metrics.json")
+    p.add_argument("--out", default="docs/RESULTS.md", help="markdown file; the block between its report markers is replaced")
+    p.add_argument("--logs", nargs="*", default=[], metavar="LABEL=LOG", help="training log.jsonl files to plot")
+    p.add_argument("--plots", default=None, help="folder for the PNG plots (default: docs/results)")
+    p.set_defaults(func=_cmd_report)

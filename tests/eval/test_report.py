@@ -1,0 +1,45 @@
+import json
+
+import pytest
+
+from swd.errors import SwdError
+from swd.eval.report import BEGIN, END, build_report, metrics_table
+
+
+def _metrics(folder, label, fd, ms, sched):
+    d = folder / label
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({
+        "schedule": sched, "teacher_steps": 28 if sched == "teacher" else None, "guidance": 4.5,
+        "sampling_seconds_per_image": ms / 1000,
+        "metrics": {"fd": fd, "precision": 0.5, "recall": 0.25, "text_alignment": 0.1,
+                    "text_alignment_real": 0.3, "lap_swd": 12.0},
+    }))
+
+
+def test_report_table_plots_and_markers(tmp_path):
+    evals = tmp_path / "evals"
+    _metrics(evals, "a-teacher", 10.0, 500.0, "teacher")
+    _metrics(evals, "b-swd", 12.5, 20.0, {"scales": [[32, 32], [64, 64]], "sigmas": [1.0, 0.6]})
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(json.dumps({"step": i, "mmd": 1 / i}) for i in range(1, 5)))
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Results\nhand-written\n")
+    build_report(evals, out, logs=[f"mmd-only={log}"], plots=tmp_path / "plots")
+    text = out.read_text()
+    assert text.startswith("# Results\nhand-written") and BEGIN in text and END in text
+    assert "| a-teacher | 28 + CFG 4.5 | 500.0 | 10.00 |" in text
+    assert "| b-swd | 2 scale-wise (32->64) | 20.0 | 12.50 |" in text
+    assert (tmp_path / "plots" / "quality_vs_latency.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "training_curves.png").stat().st_size > 1000
+    # regenerating replaces the block instead of appending a second one
+    build_report(evals, out, plots=tmp_path / "plots")
+    assert out.read_text().count(BEGIN) == 1
+
+
+def test_report_errors(tmp_path):
+    with pytest.raises(SwdError, match="not a folder"):
+        build_report(tmp_path / "missing", tmp_path / "r.md")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SwdError, match="no \\*/metrics.json"):
+        build_report(tmp_path / "empty", tmp_path / "r.md")
