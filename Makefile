@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml scripts/install_data_deps.sh
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/swd bench flops --arch sd35-large --schedule sd35-large-4
+	$(VENV)/bin/swd demo --out demo.png
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     "swd.data.commands",
     "swd.train.commands",
     "swd.demo",
+    "swd.eval.eval_commands",
+    "swd.eval.report",
 ]
 
 

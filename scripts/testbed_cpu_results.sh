@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The CPU testbed results of docs/RESULTS.md, as they were produced on the 2-core dev machine
+# (2026-11-25). Each training step is bounded by train.max_minutes, so step counts depend on the
+# machine's speed; the logs in runs/ record them. Run from the repo root with the venv active.
+set -euo pipefail
+export OMP_NUM_THREADS=1   # two jobs at a time, one core each
+
+# 1. Teachers (45 + 12 minutes for emoji; the raw weights are shipped: the EMA was still
+#    dominated by its random start after ~1.4k steps).
+swd train-teacher --config configs/testbed/teacher-emoji-cpu.yaml
+swd train-teacher --config configs/testbed/teacher-emoji-cpu.yaml --resume --set train.max_minutes=12
+swd export --checkpoint runs/teacher-emoji-cpu --weights model --out swd/weights/emoji-teacher
+
+# 2. Students, 20 minutes each, run side by side.
+swd distill --config configs/testbed/swd-emoji-cpu.yaml &
+swd distill --config configs/testbed/swd-emoji-cpu.yaml --set objective=mmd-only \
+    --set run_dir=runs/mmd-emoji-cpu --set train.batch_size=64 &
+wait
+
+# 3. Evaluation on held-out emoji prompts (concepts never trained on), same seed for all.
+N=${N:-300}
+E="swd eval run --prompts emoji-heldout --n $N --seed 0 --threads 1 --no-progress"
+$E --model swd/weights/emoji-teacher --schedule teacher --out docs/results/eval/1-teacher-28-cfg
+$E --model swd/weights/emoji-teacher --schedule testbed-full-4 --out docs/results/eval/2-teacher-undistilled-full-4
+$E --model swd/weights/emoji-teacher --schedule testbed-4 --out docs/results/eval/3-teacher-undistilled-swd-4
+$E --model runs/mmd-emoji-cpu/student --out docs/results/eval/4-mmd-only-swd-4
+$E --model runs/swd-emoji-cpu/student --out docs/results/eval/5-swd-dmd-mmd-gan-swd-4
+swd report --evals docs/results/eval --out docs/RESULTS.md \
+    --logs swd=runs/swd-emoji-cpu/log.jsonl mmd-only=runs/mmd-emoji-cpu/log.jsonl

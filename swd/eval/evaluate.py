@@ -1,0 +1,343 @@
+"""Sample a testbed model on held-out prompts and score the samples: `evaluate_model`.
+
+One path for the CLI (`swd eval run`), the trainers and the reports: load the model (a folder
+saved with `save_pretrained`, or a module), pick its sampler (a scale-wise student schedule, or
+the teacher's multistep Euler with classifier-free guidance), sample N images for the prompt
+set in batches, then compute against the held-out real images:
+
+- `fd`: Fréchet distance in the evaluator's 256-dim feature space (not FID: see evaluator.py);
+- `precision` / `recall`: k-NN manifolds (k = 3) in the same space;
+- `text_alignment`: mean cosine of image and caption in the evaluator's joint space, with the
+  real held-out images' value (`text_alignment_real`) beside it for scale;
+- `lap_swd`: Laplacian-pyramid sliced Wasserstein distance (x 1e3), network-free;
+- `shapes`: accuracy from the exact scorer (shapes prompts only).
+
+The prompt sets: `emoji-heldout` cycles through the held-out emoji captions (concepts the models
+never trained on) in a fixed shuffled order, so that a small N still mixes styles and concepts;
+`shapes` takes the first N held-out shapes samples (categories in turn; cycled if N is larger).
+Sampling draws all noise from one CPU generator seeded with `seed`, batch after batch, so a
+seed and a batch size give the same noise on every device (and the same images on the CPU).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from swd.errors import SwdError
+
+PROMPT_SETS = ("emoji-heldout", "shapes")
+TEACHER = "teacher"
+MODEL_SCHEDULE = "model"  # the schedule.yaml saved inside the model folder
+DEFAULT_TEXT_TOKENS = 16  # the testbed recipes' data.text_tokens
+GRID_IMAGES = 64
+
+
+@dataclass
+class PromptSet:
+    """What to sample and what to compare with."""
+
+    name: str
+    data: str  # "emoji" or "shapes": which evaluator and reference
+    captions: list[str]  # one per generated image
+    samples: list | None  # shapes: the ShapeSample of each caption, for the exact scorer
+    real_images: torch.Tensor  # (M, 3, 64, 64) in [-1, 1]: the held-out reference set
+    real_captions: list[str]
+
+
+@functools.lru_cache(maxsize=4)
+def _heldout(name: str, data_path: str | None):
+    """The held-out ImageSet (and shapes samples) of a prompt set; kept per process, since
+    decoding the whole emoji set takes seconds and a trainer evaluates many times."""
+    if name == "emoji-heldout":
+        from swd.data.emoji import load_emoji
+
+        return load_emoji(data_path, split="heldout"), None
+    from swd.data.shapes import load_shapes
+
+    return load_shapes(data_path, split="heldout", progress=False)
+
+
+def load_prompts(name: str, n: int, data_path: str | Path | None = None) -> PromptSet:
+    """N prompts of a prompt set, cycled, plus the held-out real images they are compared with."""
+    if name not in PROMPT_SETS:
+        raise SwdError(f"prompts: unknown {name!r}; choose from {', '.join(PROMPT_SETS)}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise SwdError(f"n: must be a positive number of images, got {n!r}")
+    held, all_samples = _heldout(name, None if data_path is None else str(data_path))
+    if len(held) == 0:
+        raise SwdError(f"prompts: the {name} set has no held-out images")
+    if all_samples is not None:  # shapes: categories already alternate
+        order = list(range(len(held)))
+    else:  # emoji: the file is sorted by style, then concept
+        order = np.random.default_rng(0).permutation(len(held)).tolist()
+    rows = [order[i % len(held)] for i in range(n)]
+    samples = [all_samples[i] for i in rows] if all_samples is not None else None
+    captions = [held.captions[i] for i in rows]
+    return PromptSet(name, "emoji" if name == "emoji-heldout" else "shapes", captions, samples,
+                     held.tensors(), held.captions)
+
+
+def load_model(model: str | Path | torch.nn.Module) -> tuple[torch.nn.Module, Path | None]:
+    """A testbed SD3 transformer from a `save_pretrained` folder (or the module itself)."""
+    if isinstance(model, torch.nn.Module):
+        return model, None
+    folder = Path(model)
+    if not (folder / "config.json").is_file():
+        raise SwdError(f"model: {folder} is not a saved model folder (no config.json)")
+    from diffusers import SD3Transformer2DModel
+
+    try:
+        transformer = SD3Transformer2DModel.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as err:
+        raise SwdError(f"model: cannot load an SD3 transformer from {folder} ({str(err).splitlines()[0]})") from None
+    return transformer, folder
+
+
+def resolve_eval_schedule(spec: str | None, folder: Path | None):
+    """None for the teacher sampler, else a ScaleSchedule: "model" (the folder's schedule.yaml),
+    a preset name, or a schedule file."""
+    from swd.schedules import ScaleSchedule, resolve_schedule
+
+    if spec == TEACHER:
+        return None
+    if spec in (None, MODEL_SCHEDULE):
+        file = folder / "schedule.yaml" if folder is not None else None
+        if file is None or not file.is_file():
+            where = f"{folder} has no schedule.yaml" if folder is not None else "the model is not a folder"
+            raise SwdError(f"schedule: {where}; give a preset name, a schedule file or 'teacher'")
+        return ScaleSchedule.load(file)
+    return resolve_schedule(spec)
+
+
+def text_tokens_of(folder: Path | None) -> int:
+    """data.text_tokens of the run that wrote the folder (its parent's config.yaml), else 16."""
+    if folder is not None:
+        for config in (folder / "config.yaml", folder.parent / "config.yaml"):
+            if config.is_file():
+                import yaml
+
+                try:
+                    tokens = (yaml.safe_load(config.read_text()) or {}).get("data", {}).get("text_tokens")
+                except (yaml.YAMLError, AttributeError):
+                    tokens = None
+                if isinstance(tokens, int) and tokens > 1:
+                    return tokens
+    return DEFAULT_TEXT_TOKENS
+
+
+def encode_pooled_rows(captions: list[str], max_length: int, pool: list[str] | None = None, full: bool = False):
+    """MiniLM embeddings of `captions`, computed for all of `pool` (one cache file per pool) and
+    picked row by row; `full` returns the CaptionEmbeddings, else the pooled (N, 384) only."""
+    from swd.data.text import encode_captions
+
+    pool = sorted(set(pool)) if pool is not None else sorted(set(captions))
+    row = {c: i for i, c in enumerate(pool)}
+    missing = next((c for c in captions if c not in row), None)
+    if missing is not None:
+        raise SwdError(f"captions: {missing!r} is not in the caption pool")
+    table = encode_captions(pool, max_length=max_length)[[row[c] for c in captions]]
+    return table if full else table.pooled
+
+
+@torch.no_grad()
+def sample_images(
+    transformer: torch.nn.Module,
+    captions: list[str],
+    schedule,
+    seed: int = 0,
+    batch_size: int = 32,
+    text_tokens: int = DEFAULT_TEXT_TOKENS,
+    teacher_steps: int = 28,
+    guidance: float = 4.5,
+    device: str | torch.device = "cpu",
+    precision: str = "bf16",
+    progress: bool = True,
+    caption_pool: list[str] | None = None,
+) -> tuple[torch.Tensor, float]:
+    """Images (N, 3, S, S) in [-1, 1] on the CPU for the captions, and the sampling seconds.
+
+    `schedule` None samples with the teacher's Euler sampler (`teacher_steps`, CFG `guidance`);
+    a ScaleSchedule with the scale-wise sampler, without guidance. `caption_pool`: a larger
+    set the captions come from, encoded (and cached) as a whole so that every N reuses one cache.
+    """
+    from tqdm.auto import tqdm
+
+    from swd.data.text import empty_prompt
+    from swd.models import SD3Adapter, TextCondition
+    from swd.sampling import (
+        conditioned,
+        guided,
+        make_generator,
+        sample_scalewise,
+        sample_teacher,
+    )
+    from swd.train.common import autocast_context
+
+    if batch_size < 1:
+        raise SwdError(f"batch_size: must be positive, got {batch_size}")
+    if schedule is None and (teacher_steps < 1 or guidance < 0):
+        raise SwdError(f"teacher_steps/guidance: need steps >= 1 and guidance >= 0, got {teacher_steps}, {guidance}")
+    device = torch.device(device)
+    was_training = transformer.training
+    adapter = SD3Adapter(transformer.to(device).eval())
+    size = adapter.config.sample_size
+    if schedule is not None:
+        schedule.check_model(adapter.patch_size, adapter.max_latent_size)
+        size = schedule.final_size[0]
+    emb = encode_pooled_rows(captions, max_length=text_tokens, pool=caption_pool, full=True)
+    uncond = empty_prompt(max_length=text_tokens)
+    uncond = TextCondition(uncond.states, uncond.pooled).to(device)
+    generator = make_generator(seed)
+    out = []
+    elapsed = 0.0
+    for start in tqdm(range(0, len(captions), batch_size), desc="sampling", unit="batch", disable=not progress):
+        rows = slice(start, start + batch_size)
+        cond = TextCondition(emb.states[rows], emb.pooled[rows]).to(device)
+        b = cond.batch_size
+        began = time.perf_counter()
+        with autocast_context(device, precision):
+            if schedule is None:
+                x = sample_teacher(guided(adapter, cond, uncond, guidance), (size, size), b, adapter.latent_channels,
+                                   steps=teacher_steps, generator=generator, device=device)
+            else:
+                x = sample_scalewise(conditioned(adapter, cond), schedule, b, adapter.latent_channels,
+                                     generator=generator, device=device)
+        x = x.float().clamp(-1, 1).cpu()  # .cpu() waits for the device: the timing is honest
+        elapsed += time.perf_counter() - began
+        out.append(x)
+    transformer.train(was_training)  # a trainer's model goes back as it came
+    return torch.cat(out), elapsed
+
+
+@torch.no_grad()
+def score_samples(images: torch.Tensor, prompts: PromptSet, evaluator=None, seed: int = 0) -> dict[str, Any]:
+    """All metrics of generated images (aligned with `prompts.captions`) against the reference."""
+    from swd.eval.evaluator import evaluator_available, extract, load_evaluator
+    from swd.eval.metrics import (
+        frechet_distance,
+        lap_sliced_wasserstein,
+        precision_recall,
+        shapes_accuracy,
+        text_alignment,
+    )
+
+    if len(images) != len(prompts.captions):
+        raise SwdError(f"images: {len(images)} images for {len(prompts.captions)} prompts")
+    if evaluator is None:
+        data = prompts.data if evaluator_available(prompts.data) else "emoji"
+        evaluator = load_evaluator(data=data)
+    fake_f, fake_e = extract(evaluator, images, what="both")
+    real_f, real_e = extract(evaluator, prompts.real_images, what="both")
+    pool = prompts.real_captions
+    text_max = evaluator.cfg.text_max_length
+    text = evaluator.text_embed(encode_pooled_rows(prompts.captions, text_max, pool).to(evaluator.device)).cpu()
+    real_text = evaluator.text_embed(encode_pooled_rows(prompts.real_captions, text_max, pool).to(evaluator.device)).cpu()
+    result: dict[str, Any] = {
+        "evaluator": evaluator.cfg.data,
+        "n_fake": len(images),
+        "n_real": len(prompts.real_images),
+        "fd": frechet_distance(real_f, fake_f) if len(images) >= 2 else None,
+        "text_alignment": text_alignment(fake_e, text),
+        "text_alignment_real": text_alignment(real_e, real_text),
+    }
+    if len(images) > 3:
+        result.update(precision_recall(real_f, fake_f, k=3))
+    else:
+        result.update(precision=None, recall=None)
+    lap = lap_sliced_wasserstein(prompts.real_images, images, seed=seed)
+    result["lap_swd"] = lap["mean"]
+    result["lap_swd_levels"] = {str(k): v for k, v in lap["levels"].items()}
+    if prompts.samples is not None:
+        result["shapes"] = shapes_accuracy(images, prompts.samples)
+    return result
+
+
+def evaluate_model(
+    model: str | Path | torch.nn.Module,
+    schedule: str | None = MODEL_SCHEDULE,
+    prompts: str = "emoji-heldout",
+    n: int = 64,
+    seed: int = 0,
+    batch_size: int = 32,
+    teacher_steps: int = 28,
+    guidance: float = 4.5,
+    text_tokens: int | None = None,
+    device: str = "auto",
+    precision: str = "bf16",
+    evaluator=None,
+    out: str | Path | None = None,
+    data_path: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Sample `n` images of a testbed model for a prompt set and score them; see the module doc.
+
+    `schedule`: "model" (the folder's schedule.yaml), a preset name, a schedule file, or
+    "teacher" (multistep Euler with CFG). `out`: a folder for metrics.json and samples.png.
+    Returns the metrics with every setting, the seed and the timings.
+    """
+    from swd.train.common import pick_device
+
+    began = time.perf_counter()
+    transformer, folder = load_model(model)
+    if getattr(transformer.config, "in_channels", None) != 3:
+        raise SwdError(f"model: expected a 3-channel pixel-space testbed model, got in_channels={transformer.config.in_channels}")
+    sched = resolve_eval_schedule(schedule, folder)
+    tokens = text_tokens if text_tokens is not None else text_tokens_of(folder)
+    prompt_set = load_prompts(prompts, n, data_path)
+    dev = pick_device(device)
+    images, sampling_seconds = sample_images(
+        transformer, prompt_set.captions, sched, seed=seed, batch_size=batch_size, text_tokens=tokens,
+        teacher_steps=teacher_steps, guidance=guidance, device=dev, precision=precision, progress=progress,
+        caption_pool=prompt_set.real_captions,
+    )
+    metrics = score_samples(images, prompt_set, evaluator, seed=seed)
+    result = {
+        "model": str(folder) if folder is not None else type(transformer).__name__,
+        "schedule": TEACHER if sched is None else sched.to_dict(),
+        "prompts": prompts,
+        "n": n,
+        "seed": seed,
+        "batch_size": batch_size,
+        "text_tokens": tokens,
+        "teacher_steps": teacher_steps if sched is None else None,
+        "guidance": guidance if sched is None else 1.0,
+        "device": str(dev),
+        "precision": precision if dev.type == "cuda" else "fp32",
+        "metrics": metrics,
+        "sampling_seconds": round(sampling_seconds, 3),
+        "sampling_seconds_per_image": sampling_seconds / n,
+        "wall_seconds": None,
+    }
+    if out is not None:
+        from swd.images import save_grid
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        k = min(GRID_IMAGES, n)
+        save_grid(images[:k], out / "samples.png", labels=prompt_set.captions[:k])
+        result["grid"] = str(out / "samples.png")
+    result["wall_seconds"] = round(time.perf_counter() - began, 3)
+    if out is not None:
+        (Path(out) / "metrics.json").write_text(json.dumps(_jsonable(result), indent=2, ensure_ascii=False))
+    return result
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value

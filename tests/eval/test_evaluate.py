@@ -1,0 +1,138 @@
+"""`swd eval run` end to end on a tiny random SD3 testbed model, and its input checks."""
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from swd.errors import SwdError
+from swd.eval import eval_commands
+from swd.eval.evaluate import load_prompts, resolve_eval_schedule, text_tokens_of
+from swd.schedules import get_preset
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="swd")
+    eval_commands.register(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def _run(argv):
+    args = _parser().parse_args(argv)
+    return args.func(args)
+
+
+def _emoji_available():
+    try:
+        from swd.data.emoji import load_emoji
+
+        load_emoji(split="heldout")
+        from swd.data.text import minilm_path
+
+        minilm_path()
+        return True
+    except SwdError:
+        return False
+
+
+needs_emoji = pytest.mark.skipif(not _emoji_available(), reason="emoji set or MiniLM not available")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from swd.models.testbed import MMDiTConfig, build_testbed_transformer
+
+    torch.manual_seed(0)
+    model = build_testbed_transformer(MMDiTConfig(width=32, head_dim=16, depth=1))
+    folder = tmp_path_factory.mktemp("student")
+    model.save_pretrained(folder)
+    get_preset("testbed-4").save(folder / "schedule.yaml")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def evaluator_dir(tmp_path_factory):
+    """The shipped evaluator when present; a small random one otherwise (the driver is tested)."""
+    from swd.eval.evaluator import (
+        Evaluator,
+        EvaluatorConfig,
+        default_evaluator_dir,
+        evaluator_available,
+        save_evaluator,
+    )
+
+    if evaluator_available("emoji"):
+        return default_evaluator_dir("emoji")
+    torch.manual_seed(0)
+    return save_evaluator(Evaluator(EvaluatorConfig()).eval(), tmp_path_factory.mktemp("evaluator"))
+
+
+def test_schedule_resolution(tiny_model_dir, tmp_path):
+    assert resolve_eval_schedule("teacher", tiny_model_dir) is None
+    assert resolve_eval_schedule("model", tiny_model_dir).scales == get_preset("testbed-4").scales
+    assert resolve_eval_schedule("testbed-6", None).name == "testbed-6"
+    with pytest.raises(SwdError, match="no schedule.yaml"):
+        resolve_eval_schedule("model", tmp_path)
+    with pytest.raises(SwdError, match="unknown preset"):
+        resolve_eval_schedule("nope", tiny_model_dir)
+
+
+def test_text_tokens_from_the_run_config(tmp_path):
+    (tmp_path / "teacher").mkdir()
+    assert text_tokens_of(tmp_path / "teacher") == 16
+    (tmp_path / "config.yaml").write_text("data: {name: emoji, text_tokens: 12}\n")
+    assert text_tokens_of(tmp_path / "teacher") == 12
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    with pytest.raises(SwdError, match="prompts"):
+        load_prompts("coco", 4)
+    with pytest.raises(SwdError, match="n:"):
+        load_prompts("emoji-heldout", 0)
+    with pytest.raises(SwdError, match="not a saved model folder"):
+        _run(["eval", "run", "--model", str(tmp_path), "--n", "2"])
+    with pytest.raises(SwdError, match="--n"):
+        _run(["eval", "run", "--model", str(tmp_path), "--n", "0"])
+
+
+def test_scale_too_large_for_the_model_is_rejected(tiny_model_dir, evaluator_dir, tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("scales: [64, 128]\nsigmas: [1.0, 0.6]\n")
+    with pytest.raises(SwdError, match="exceeds"):
+        _run(["eval", "run", "--model", str(tiny_model_dir), "--schedule", str(big), "--n", "2",
+              "--evaluator", str(evaluator_dir), "--no-progress"])
+
+
+@needs_emoji
+def test_eval_run_end_to_end_is_reproducible(tiny_model_dir, evaluator_dir, tmp_path, capsys):
+    argv = ["eval", "run", "--model", str(tiny_model_dir), "--prompts", "emoji-heldout", "--n", "4",
+            "--batch-size", "2", "--seed", "3", "--evaluator", str(evaluator_dir), "--no-progress"]
+    assert _run(argv + ["--out", str(tmp_path / "a")]) == 0
+    assert _run(argv + ["--out", str(tmp_path / "b")]) == 0
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert (tmp_path / "a" / "samples.png").is_file()
+    assert a["metrics"] == b["metrics"]  # same seed, same images, same numbers
+    assert a["seed"] == 3 and a["n"] == 4 and a["schedule"]["name"] == "testbed-4" and a["guidance"] == 1.0
+    m = a["metrics"]
+    assert m["fd"] > 0 and 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
+    assert -1 <= m["text_alignment"] <= 1 and m["lap_swd"] > 0
+    assert a["sampling_seconds_per_image"] > 0 and a["wall_seconds"] >= a["sampling_seconds"]
+    summary = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert summary["fd"] == pytest.approx(m["fd"], abs=1e-4)
+
+
+@needs_emoji
+def test_teacher_sampler_and_shapes_prompts(tiny_model_dir, evaluator_dir, tmp_path):
+    from swd.eval.evaluate import evaluate_model
+    from swd.eval.evaluator import load_evaluator
+
+    evaluator = load_evaluator(evaluator_dir)
+    result = evaluate_model(tiny_model_dir, schedule="teacher", prompts="shapes", n=4, batch_size=4,
+                            teacher_steps=2, guidance=2.0, evaluator=evaluator, out=tmp_path, progress=False)
+    assert result["schedule"] == "teacher" and result["teacher_steps"] == 2 and result["guidance"] == 2.0
+    shapes = result["metrics"]["shapes"]
+    assert 0.0 <= shapes["accuracy"] <= 1.0 and shapes["per_category"]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["metrics"]["shapes"] == shapes
