@@ -90,7 +90,7 @@ def plot_quality_vs_latency(rows: list[dict], path: Path) -> Path:
 
 
 def plot_training_curves(logs: dict[str, Path], path: Path, keys=("mmd", "dmd", "fake")) -> Path:
-    """One panel per loss key; one line per run (x = generator step)."""
+    """One panel per loss key; one line per run and scale (x = generator step)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,9 +103,11 @@ def plot_training_curves(logs: dict[str, Path], path: Path, keys=("mmd", "dmd", 
     for ax, key in zip(axes[0], keys):
         for label, log in logs.items():
             recs = [json.loads(l) for l in log.read_text().splitlines()]
-            pts = [(r["step"], r[key]) for r in recs if key in r]
-            if pts:
-                ax.plot(*zip(*pts), label=label, lw=1)
+            # Losses differ by scale (round robin), so each scale gets its own line.
+            for scale in sorted({r.get("scale") for r in recs if key in r}, key=lambda v: (v is None, v)):
+                pts = [(r["step"], r[key]) for r in recs if key in r and r.get("scale") == scale]
+                if pts:
+                    ax.plot(*zip(*pts), label=f"{label} @{scale}px" if scale else label, lw=1, marker=".", ms=3)
         ax.set_title(f"{key} loss")
         ax.set_xlabel("generator step")
         ax.grid(alpha=0.3)
