@@ -96,3 +96,12 @@ def test_condition_broadcast_and_repeat():
     torch.testing.assert_close(r.prompt_embeds[0], r.prompt_embeds[1])
     with pytest.raises(SwdError):
         TextCondition(torch.randn(2, 3), torch.randn(2, 4))
+
+
+def test_cuda_graph_adapter_needs_cuda(sd3_adapter):
+    from swd.models.graphs import CudaGraphAdapter
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SwdError, match="need a CUDA device"):
+        CudaGraphAdapter(sd3_adapter)

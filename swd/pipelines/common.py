@@ -171,6 +171,27 @@ class ScaleWisePipelineMixin:
         cond = TextCondition(prompt_embeds.to(device, dtype), pooled.to(device, dtype))
         return cond.repeat(num_images_per_prompt)
 
+    def enable_cuda_graphs(self, enabled: bool = True) -> None:
+        """Replay one captured CUDA graph per scale (GPU only): low-resolution steps stop being
+        launch-bound. Captures happen on the first call at each size and are kept."""
+        self._cuda_graphs = bool(enabled)
+
+    def graphed_adapter(self, adapter, device):
+        """The adapter itself, or its CUDA-graph wrapper when enabled and on a CUDA device."""
+        if not getattr(self, "_cuda_graphs", False):
+            return adapter
+        if torch.device(device).type != "cuda":
+            import warnings
+
+            warnings.warn("enable_cuda_graphs: not on a CUDA device; running eagerly", stacklevel=3)
+            return adapter
+        from swd.models.graphs import CudaGraphAdapter
+
+        cached = getattr(self, "_graphed", None)
+        if cached is None or cached.adapter.transformer is not adapter.transformer:
+            cached = self._graphed = CudaGraphAdapter(adapter)
+        return cached
+
     def _sample(self, denoiser, adapter, schedule, batch, generator, device, dtype, latents, upsample_mode, callback):
         """Run `sample_scalewise`, ticking diffusers' progress bar once per step."""
         with self.progress_bar(total=schedule.steps) as bar:
