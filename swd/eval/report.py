@@ -82,6 +82,12 @@ def plot_quality_vs_latency(rows: list[dict], path: Path) -> Path:
     ax.set_ylabel("FD in the evaluator's feature space (lower is better)")
     ax.set_title("Quality against latency, emoji held-out prompts")
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -112,11 +118,7 @@ def plot_training_curves(logs: dict[str, Path], path: Path, keys=("mmd", "dmd", 
         ax.set_xlabel("generator step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_between_markers(target: Path, body: str) -> None:

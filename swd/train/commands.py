@@ -16,13 +16,19 @@ def _cmd_train_teacher(args) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("train-teacher", help="pretrain a small testbed teacher (rectified flow)")
-    p.add_argument("--config", required=True, help="YAML recipe, e.g. configs/testbed/teacher-emoji.yaml")
+def add_run_arguments(p, example_config: str, example_override: str, dry_run_help: str) -> None:
+    """The arguments every training command takes: recipe, resume, overrides, dry run."""
+    p.add_argument("--config", required=True, help=f"YAML recipe, e.g. {example_config}")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set train.steps=100 (repeatable)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+                   help=f"override a config field, e.g. --set {example_override} (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help=dry_run_help)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train-teacher", help="pretrain a small testbed teacher (rectified flow)")
+    add_run_arguments(p, "configs/testbed/teacher-emoji.yaml", "train.steps=100",
+                      "print the resolved config and exit")
     p.set_defaults(func=_cmd_train_teacher)
     register_distill(subparsers)
     register_export(subparsers)
@@ -54,12 +60,8 @@ def _cmd_distill(args) -> int:
 
 def register_distill(subparsers) -> None:
     p = subparsers.add_parser("distill", help="distill a scale-wise few-step student (SwD) from a teacher")
-    p.add_argument("--config", required=True, help="YAML recipe, e.g. configs/testbed/swd-emoji.yaml")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set objective=mmd-only (repeatable)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the resolved config (real archs: parameter counts, per-GPU memory estimate) and exit")
+    add_run_arguments(p, "configs/testbed/swd-emoji.yaml", "objective=mmd-only",
+                      "print the resolved config (real archs: parameter counts, per-GPU memory estimate) and exit")
     p.set_defaults(func=_cmd_distill)
 
 
