@@ -27,3 +27,23 @@ $E --model runs/mmd-emoji-cpu/student --out docs/results/eval/4-mmd-only-swd-4
 $E --model runs/swd-emoji-cpu/student --out docs/results/eval/5-swd-dmd-mmd-gan-swd-4
 swd report --evals docs/results/eval --out docs/RESULTS.md \
     --logs swd=runs/swd-emoji-cpu/log.jsonl mmd-only=runs/mmd-emoji-cpu/log.jsonl
+
+# 4. Baselines added at the end of the session (same config, other objectives).
+swd distill --config configs/testbed/swd-emoji-cpu.yaml --set objective=dmd2-full \
+    --set run_dir=runs/dmd2full-emoji-cpu --set train.max_minutes=18
+swd distill --config configs/testbed/swd-emoji-cpu.yaml --set objective=dmd-only \
+    --set run_dir=runs/dmdonly-emoji-cpu --set train.steps=104 --set train.max_minutes=26
+$E --model runs/dmd2full-emoji-cpu/student --out docs/results/eval/6-dmd2-full-res-4
+$E --model runs/dmdonly-emoji-cpu/student --out docs/results/eval/7-dmd-only-swd-4
+swd report --evals docs/results/eval --out docs/RESULTS.md --logs swd=runs/swd-emoji-cpu/log.jsonl \
+    mmd-only=runs/mmd-emoji-cpu/log.jsonl dmd-only=runs/dmdonly-emoji-cpu/log.jsonl \
+    dmd2-full=runs/dmd2full-emoji-cpu/log.jsonl
+
+# 5. Shapes teacher, its score, and CPU latency.
+swd train-teacher --config configs/testbed/teacher-shapes-cpu.yaml --set train.max_minutes=30
+swd train-teacher --config configs/testbed/teacher-shapes-cpu.yaml --resume --set train.max_minutes=16
+swd export --checkpoint runs/teacher-shapes-cpu --weights ema --out swd/weights/shapes-teacher
+swd eval run --model swd/weights/shapes-teacher --schedule teacher --prompts shapes --n 96 --seed 0 \
+    --threads 1 --out docs/results/eval-shapes/1-teacher-28-cfg
+swd bench latency --model swd/weights/emoji-student --schedules testbed-4,testbed-6 --repeats 5 --warmup 1 --json
+swd bench latency --model swd/weights/emoji-student --schedules testbed-4,testbed-6 --repeats 3 --warmup 1 --batch 16 --json
