@@ -527,6 +527,7 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
               f"{teacher_adapter.num_blocks}; {n_gen / 1e6:.2f}M trainable generator params; "
               f"{world} process(es) on {device}")
     log = open(run / "log.jsonl", "a") if main else None
+    board = tensorboard_writer(run / "tensorboard") if main else None
     started = time.time()
     pbar = tqdm(total=tc.steps, initial=step, desc=f"distill {cfg.objective}", disable=not main, dynamic_ncols=True)
     while step < tc.steps:
@@ -614,6 +615,10 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
         last_step = step == tc.steps or out_of_time
         if main and (step % tc.log_every == 0 or last_step):
             log.write(json.dumps(record) + "\n")
+            if board is not None:  # one scalar per loss and per scale: losses differ by scale
+                for key, value in record.items():
+                    if key not in ("step", "scale"):
+                        board.add_scalar(f"{key}/scale_{record['scale']}", value, record["step"])
             log.flush()
             pbar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in ("dmd", "mmd", "gan", "fake")}, scale=record["scale"])
         if main and (step % tc.sample_every == 0 or last_step):
@@ -628,6 +633,8 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
     pbar.close()
     if log is not None:
         log.close()
+    if board is not None:
+        board.close()
     student = ema if ema is not None else generator_model
     export, lora_dir = run / "student", run / "student-lora"
     if main:
@@ -648,6 +655,15 @@ class DistillResult:
     generator: torch.nn.Module  # this process's replica
     step: int
     lora_dir: Optional[Path] = None  # LoRA students: diffusers + ComfyUI LoRA files
+
+
+def tensorboard_writer(folder: Path):
+    """A TensorBoard writer when the `tensorboard` package is installed, else None (jsonl only)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder))
 
 
 def check_finite(loss: torch.Tensor, what: str, step: int, ckpt_dir: Path) -> None:

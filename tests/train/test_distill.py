@@ -121,3 +121,15 @@ def test_mmd_only_with_fake_features_is_rejected(tmp_path):
     cfg.losses.feature_source = "fake"
     with pytest.raises(SwdError, match="feature_source"):
         train_distill(cfg, data=synthetic_data(), teacher=tiny_teacher())
+
+
+def test_tensorboard_scalars_per_loss_and_scale(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_distill(config(tmp_path, "tb", "mmd-only", steps=2), data=synthetic_data(), teacher=tiny_teacher())
+    acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"mmd/scale_8", "mmd/scale_12"} <= tags
+    assert [e.step for e in acc.Scalars("mmd/scale_8")] == [1]
