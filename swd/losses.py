@@ -9,7 +9,8 @@ What lives here (weights and the choice of noise levels belong to the trainer's 
   chosen by name through `build_mmd_loss` (config key: "linear" or "rbf").
 - `GANHead`, `gan_generator_loss`, `gan_discriminator_loss`: the non-saturating GAN on block features.
 - `fake_score_loss`: the fake-score model's regression onto the generator's detached samples.
-- `cfg`, `sample_grid_sigmas`, `add_noise`, `x0_from_velocity`: the tiny helpers the above need.
+- `cfg`, `sample_grid_sigmas`, `x0_from_velocity`: the tiny helpers the above need (`add_noise` is
+  `swd.sampling.add_noise`, re-exported).
 
 None of these call backward or touch an optimizer: they take tensors and return a scalar loss (or a
 tensor), so the trainer composes, weights and steps them. Half-precision inputs are upcast to
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from swd.errors import SwdError
+from swd.sampling import add_noise  # the forward process lives with the samplers; re-exported here
 
 __all__ = [
     "GANHead",
@@ -56,15 +58,6 @@ def _per_sample(sigma: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor
 
 
 # Noise helpers.
-
-
-def add_noise(x0: torch.Tensor, sigma: torch.Tensor | float, eps: torch.Tensor) -> torch.Tensor:
-    """Forward process `x_sigma = (1 - sigma) * x0 + sigma * eps`.
-
-    `sigma` is a float, a 0-d tensor, or one level per sample (B,), broadcast over the other dims.
-    """
-    s = _per_sample(sigma, x0)
-    return (1 - s) * x0 + s * eps
 
 
 def x0_from_velocity(x: torch.Tensor, sigma: torch.Tensor | float, v: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,9 @@ encoder, no VAE), batch 1 by default, median of repeats after warm-up. On CUDA t
 pair of device events; elsewhere `time.perf_counter`.
 
 Eager execution is launch-bound at low resolution: a 64x64-latent forward of SD3.5-L costs
-almost as much wall time as a 128x128 one, which hides SwD's saving. `CudaGraphDenoiser`
-captures one CUDA graph per latent shape and replays it, so each step costs its compute.
+almost as much wall time as a 128x128 one, which hides SwD's saving. On CUDA the adapter is
+wrapped in `swd.models.graphs.CudaGraphAdapter` (the pipelines' wrapper): one captured graph
+per latent shape, replayed, so each step costs its compute.
 """
 
 from __future__ import annotations
@@ -20,44 +21,8 @@ import torch
 
 from swd.errors import SwdError
 from swd.models.base import TextCondition
-from swd.sampling import Denoiser, conditioned, guided, make_generator, sample_scalewise, sample_teacher
+from swd.sampling import conditioned, guided, make_generator, sample_scalewise, sample_teacher
 from swd.schedules import ScaleSchedule
-
-
-class CudaGraphDenoiser:
-    """Replay one captured CUDA graph per input shape of `denoiser(x, sigma)`.
-
-    Inputs are copied into static buffers, the graph replays, and the static output is returned
-    (valid until the next call with the same shape: the samplers consume it before that).
-    """
-
-    def __init__(self, denoiser: Denoiser, warmup: int = 2):
-        self.denoiser = denoiser
-        self.warmup = warmup
-        self.graphs: dict = {}
-
-    def _capture(self, x: torch.Tensor, sigma: torch.Tensor):
-        static_x, static_sigma = x.clone(), sigma.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up off the default stream, as graph capture requires
-            for _ in range(self.warmup):
-                self.denoiser(static_x, static_sigma)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = self.denoiser(static_x, static_sigma)
-        return graph, static_x, static_sigma, static_out
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        key = (tuple(x.shape), x.dtype, tuple(sigma.shape))
-        if key not in self.graphs:
-            self.graphs[key] = self._capture(x, sigma)
-        graph, static_x, static_sigma, static_out = self.graphs[key]
-        static_x.copy_(x)
-        static_sigma.copy_(sigma)
-        graph.replay()
-        return static_out
 
 
 def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 2, repeats: int = 5) -> list[float]:
@@ -112,10 +77,10 @@ def bench_sampling(
     """Time the teacher, and for each schedule the scale-wise and full-resolution samplers."""
     batch = cond.batch_size
     channels = adapter.latent_channels
-    use_graphs = graphs and device.type == "cuda"
+    if graphs and device.type == "cuda":
+        from swd.models.graphs import CudaGraphAdapter
 
-    def wrap(den):
-        return CudaGraphDenoiser(den) if use_graphs else den
+        adapter = CudaGraphAdapter(adapter)
 
     def run_schedule(sched: ScaleSchedule, den):
         return lambda: sample_scalewise(den, sched, batch, channels, generator=make_generator(0), device=device, dtype=dtype)
@@ -123,7 +88,7 @@ def bench_sampling(
     rows: list[LatencyRow] = []
     with torch.inference_mode():
         if teacher_steps > 0:
-            den = wrap(guided(adapter, cond, uncond, teacher_cfg))
+            den = guided(adapter, cond, uncond, teacher_cfg)
             size = schedules[0].final_size if schedules else None
             fn = lambda: sample_teacher(den, size, batch, channels, steps=teacher_steps, generator=make_generator(0),
                                         device=device, dtype=dtype)
@@ -132,7 +97,7 @@ def bench_sampling(
                                    teacher_steps, teacher_steps, batch * (2 if teacher_cfg != 1 else 1),
                                    statistics.median(times), times))
         for sched in schedules:
-            den = wrap(conditioned(adapter, cond))
+            den = conditioned(adapter, cond)
             full_row = None
             if include_full and sched.is_scale_wise:
                 times = time_call(run_schedule(sched.at_full_resolution(), den), device, warmup, repeats)

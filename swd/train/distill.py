@@ -47,7 +47,7 @@ from swd.sampling import add_noise, conditioned, guided, make_generator, sample_
 from swd.schedules import ScaleSchedule, flow_sigmas, resolve_schedule
 from swd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from swd.train.common import autocast_context, load_training_data, pick_device
-from swd.train.latents import PixelSpace, VaeSpace, area_resize, load_vae
+from swd.train.latents import PixelSpace, VaeSpace, area_resize, load_vae, pretrained_folder
 
 OBJECTIVES = ("swd", "mmd-only", "dmd-only", "dmd2-full")
 ARCH_NAMES = ("testbed", *ARCHS)  # testbed = the pixel-space MMDiT of swd.models.testbed
@@ -364,12 +364,7 @@ def trainable(module) -> list[torch.nn.Parameter]:
 def load_teacher(path: str, family: str = "sd3", dtype: Optional[torch.dtype] = None):
     """The teacher transformer from its folder, or from the `transformer/` folder of a pipeline."""
     cls = transformer_class(family)
-    folder = Path(path) if path else None
-    if folder is not None and (folder / "transformer" / "config.json").is_file():
-        folder = folder / "transformer"
-    if folder is None or not (folder / "config.json").is_file():
-        raise SwdError(f"teacher: {path!r} is not a folder with a saved {cls.__name__} "
-                       f"(or a pipeline folder with transformer/)")
+    folder = pretrained_folder(path, "transformer", "teacher", cls.__name__)
     return cls.from_pretrained(folder, **({"dtype": dtype} if dtype is not None else {}))
 
 

@@ -89,16 +89,20 @@ def area_resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(images, size=tuple(size), mode="area")
 
 
-def load_vae(path: str):
-    """An AutoencoderKL from its folder, or from the `vae/` folder of a pipeline folder."""
+def pretrained_folder(path: str, sub: str, what: str, class_name: str):
+    """A saved model's folder: `path` itself, or its `sub/` folder when `path` is a pipeline folder."""
     from pathlib import Path
 
+    folder = Path(path) if path else None
+    if folder is not None and (folder / sub / "config.json").is_file():
+        folder = folder / sub
+    if folder is None or not (folder / "config.json").is_file():
+        raise SwdError(f"{what}: {path!r} is not a folder with a saved {class_name} (or a pipeline folder with {sub}/)")
+    return folder
+
+
+def load_vae(path: str):
+    """An AutoencoderKL from its folder, or from the `vae/` folder of a pipeline folder."""
     from diffusers import AutoencoderKL
 
-    folder = Path(path) if path else None
-    if folder is not None and (folder / "vae" / "config.json").is_file():
-        folder = folder / "vae"
-    if folder is None or not (folder / "config.json").is_file():
-        raise SwdError(f"model.vae: {path!r} is not a folder with a saved AutoencoderKL "
-                       f"(or a pipeline folder with vae/)")
-    return AutoencoderKL.from_pretrained(folder)
+    return AutoencoderKL.from_pretrained(pretrained_folder(path, "vae", "model.vae", "AutoencoderKL"))
