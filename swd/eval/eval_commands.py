@@ -96,6 +96,7 @@ def _cmd_run(args) -> int:
     if "shapes" in m:
         summary["shapes_accuracy"] = round(m["shapes"]["accuracy"], 4)
     summary["sampling_seconds_per_image"] = round(result["sampling_seconds_per_image"], 4)
+    summary["gflops_per_image"] = round(result["flops_per_image"] / 1e9, 3)
     print(json.dumps(summary))
     if args.out:
         print(f"wrote {args.out}/metrics.json and {args.out}/samples.png")

@@ -12,6 +12,9 @@ set in batches, then compute against the held-out real images:
 - `lap_swd`: Laplacian-pyramid sliced Wasserstein distance (x 1e3), network-free;
 - `shapes`: accuracy from the exact scorer (shapes prompts only).
 
+`flops_per_image` (transformer FLOPs of one image's sampling run) is counted on the meta device
+(`swd.eval.flops.model_sampling_flops`); `TrainingEvaluation` is the trainers' cheaper repeat.
+
 The prompt sets: `emoji-heldout` cycles through the held-out emoji captions (concepts the models
 never trained on) in a fixed shuffled order, so that a small N still mixes styles and concepts;
 `shapes` takes the first N held-out shapes samples (categories in turn; cycled if N is larger).
@@ -218,10 +221,43 @@ def sample_images(
     return torch.cat(out), elapsed
 
 
+@dataclass
+class Reference:
+    """The held-out real set in the evaluator's spaces: computed once, reused by every score."""
+
+    features: torch.Tensor  # (M, 256) FD / precision-recall features
+    embeds: torch.Tensor  # (M, D) joint image embeddings
+    text_alignment_real: float  # the real images' own image-caption alignment, for scale
+
+
 @torch.no_grad()
-def score_samples(images: torch.Tensor, prompts: PromptSet, evaluator=None, seed: int = 0) -> dict[str, Any]:
-    """All metrics of generated images (aligned with `prompts.captions`) against the reference."""
-    from swd.eval.evaluator import evaluator_available, extract, load_evaluator
+def reference_for(prompts: PromptSet, evaluator) -> Reference:
+    from swd.eval.evaluator import extract
+    from swd.eval.metrics import text_alignment
+
+    features, embeds = extract(evaluator, prompts.real_images, what="both")
+    text_max = evaluator.cfg.text_max_length
+    pool = prompts.real_captions
+    real_text = evaluator.text_embed(encode_pooled_rows(prompts.real_captions, text_max, pool).to(evaluator.device)).cpu()
+    return Reference(features, embeds, text_alignment(embeds, real_text))
+
+
+def evaluator_for(prompts: PromptSet):
+    """The shipped evaluator of the prompt set's data (the emoji one if it has none)."""
+    from swd.eval.evaluator import evaluator_available, load_evaluator
+
+    return load_evaluator(data=prompts.data if evaluator_available(prompts.data) else "emoji")
+
+
+@torch.no_grad()
+def score_samples(images: torch.Tensor, prompts: PromptSet, evaluator=None, seed: int = 0,
+                  reference: Reference | None = None, lap_swd: bool = True) -> dict[str, Any]:
+    """All metrics of generated images (aligned with `prompts.captions`) against the reference.
+
+    `reference`: `reference_for(prompts, evaluator)` computed beforehand (a trainer scoring many
+    times passes it); `lap_swd` False skips the network-free metric (seconds on a CPU).
+    """
+    from swd.eval.evaluator import extract
     from swd.eval.metrics import (
         frechet_distance,
         lap_sliced_wasserstein,
@@ -233,32 +269,59 @@ def score_samples(images: torch.Tensor, prompts: PromptSet, evaluator=None, seed
     if len(images) != len(prompts.captions):
         raise SwdError(f"images: {len(images)} images for {len(prompts.captions)} prompts")
     if evaluator is None:
-        data = prompts.data if evaluator_available(prompts.data) else "emoji"
-        evaluator = load_evaluator(data=data)
+        evaluator = evaluator_for(prompts)
+    if reference is None:
+        reference = reference_for(prompts, evaluator)
     fake_f, fake_e = extract(evaluator, images, what="both")
-    real_f, real_e = extract(evaluator, prompts.real_images, what="both")
-    pool = prompts.real_captions
     text_max = evaluator.cfg.text_max_length
-    text = evaluator.text_embed(encode_pooled_rows(prompts.captions, text_max, pool).to(evaluator.device)).cpu()
-    real_text = evaluator.text_embed(encode_pooled_rows(prompts.real_captions, text_max, pool).to(evaluator.device)).cpu()
+    text = evaluator.text_embed(encode_pooled_rows(prompts.captions, text_max, prompts.real_captions)
+                                .to(evaluator.device)).cpu()
     result: dict[str, Any] = {
         "evaluator": evaluator.cfg.data,
         "n_fake": len(images),
         "n_real": len(prompts.real_images),
-        "fd": frechet_distance(real_f, fake_f) if len(images) >= 2 else None,
+        "fd": frechet_distance(reference.features, fake_f) if len(images) >= 2 else None,
         "text_alignment": text_alignment(fake_e, text),
-        "text_alignment_real": text_alignment(real_e, real_text),
+        "text_alignment_real": reference.text_alignment_real,
     }
     if len(images) > 3:
-        result.update(precision_recall(real_f, fake_f, k=3))
+        result.update(precision_recall(reference.features, fake_f, k=3))
     else:
         result.update(precision=None, recall=None)
-    lap = lap_sliced_wasserstein(prompts.real_images, images, seed=seed)
-    result["lap_swd"] = lap["mean"]
-    result["lap_swd_levels"] = {str(k): v for k, v in lap["levels"].items()}
+    if lap_swd:
+        lap = lap_sliced_wasserstein(prompts.real_images, images, seed=seed)
+        result["lap_swd"] = lap["mean"]
+        result["lap_swd_levels"] = {str(k): v for k, v in lap["levels"].items()}
     if prompts.samples is not None:
         result["shapes"] = shapes_accuracy(images, prompts.samples)
     return result
+
+
+class TrainingEvaluation:
+    """FD and the other metrics of a model in training, on a fixed set of held-out prompts.
+
+    The prompts, evaluator and real-set reference are prepared once; each call samples `n`
+    images with the same seed (so successive calls differ only by the weights) and scores them
+    without the Laplacian SWD. Used by `swd distill` (`train.eval_every`).
+    """
+
+    def __init__(self, prompts: str, n: int, seed: int = 0, batch_size: int = 32, text_tokens: int = DEFAULT_TEXT_TOKENS,
+                 data_path: str | Path | None = None):
+        self.prompts = load_prompts(prompts, n, data_path)
+        self.evaluator = evaluator_for(self.prompts)
+        self.reference = reference_for(self.prompts, self.evaluator)
+        self.seed, self.batch_size, self.text_tokens = seed, batch_size, text_tokens
+
+    def __call__(self, transformer: torch.nn.Module, schedule, device="cpu", precision: str = "bf16") -> dict[str, Any]:
+        images, seconds = sample_images(transformer, self.prompts.captions, schedule, seed=self.seed,
+                                        batch_size=self.batch_size, text_tokens=self.text_tokens, device=device,
+                                        precision=precision, progress=False, caption_pool=self.prompts.real_captions)
+        metrics = score_samples(images, self.prompts, self.evaluator, seed=self.seed, reference=self.reference,
+                                lap_swd=False)
+        metrics.pop("evaluator")
+        if "shapes" in metrics:
+            metrics["shapes"] = metrics["shapes"]["accuracy"]
+        return {**metrics, "sampling_seconds": round(seconds, 3)}
 
 
 def evaluate_model(
@@ -300,6 +363,9 @@ def evaluate_model(
         caption_pool=prompt_set.real_captions,
     )
     metrics = score_samples(images, prompt_set, evaluator, seed=seed)
+    from swd.eval.flops import model_sampling_flops
+
+    flops = model_sampling_flops(transformer, sched, tokens, teacher_steps, guidance if sched is None else 1.0)
     result = {
         "model": str(folder) if folder is not None else type(transformer).__name__,
         "schedule": TEACHER if sched is None else sched.to_dict(),
@@ -315,6 +381,7 @@ def evaluate_model(
         "metrics": metrics,
         "sampling_seconds": round(sampling_seconds, 3),
         "sampling_seconds_per_image": sampling_seconds / n,
+        "flops_per_image": flops,  # transformer FLOPs of one image's sampling run (swd.eval.flops)
         "wall_seconds": None,
     }
     if out is not None:

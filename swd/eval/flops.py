@@ -354,3 +354,32 @@ def format_report(report: FlopReport) -> str:
         "on the meta device; elementwise ops not counted.",
     ]
     return "\n".join(lines)
+
+
+def arch_of_model(transformer: torch.nn.Module, name: str = "model", text_tokens: int = 16) -> ArchSpec:
+    """An ArchSpec of a concrete diffusers transformer (e.g. a testbed model loaded from a folder),
+    so its sampling runs can be counted on the meta device like the real configs."""
+    from swd.lora import model_family
+
+    config = {k: v for k, v in dict(transformer.config).items() if not k.startswith("_")}
+    return ArchSpec(name=name, family=model_family(transformer), transformer=config, text_tokens=int(text_tokens))
+
+
+def model_sampling_flops(
+    transformer: torch.nn.Module,
+    schedule: ScaleSchedule | None,
+    text_tokens: int,
+    teacher_steps: int = TEACHER_STEPS,
+    guidance: float = 1.0,
+) -> int:
+    """Transformer FLOPs of sampling ONE image from this model: the scale-wise sampler over
+    `schedule`, or (schedule None) the teacher's `teacher_steps` Euler steps at the model's
+    sample size, with CFG (2 forwards per step) unless guidance is 1 (`swd.sampling.guided`)."""
+    arch = arch_of_model(transformer, text_tokens=text_tokens)
+    if schedule is not None:
+        return sampling_flops(arch, schedule, text_tokens=text_tokens).swd.flops
+    size = int(transformer.config.sample_size)
+    one_scale = ScaleSchedule(scales=((size, size),), sigmas=(1.0,))
+    report = sampling_flops(arch, one_scale, teacher_steps=teacher_steps, cfg=guidance != 1.0,
+                            text_tokens=text_tokens)
+    return report.teacher.flops

@@ -48,13 +48,23 @@ def _fmt(value, digits=3) -> str:
     return str(value)
 
 
-def metrics_table(rows: list[dict], flops: dict[str, float] | None = None) -> str:
-    head = ("| run | steps | CPU ms/image | FD (evaluator) | precision | recall | text align | lap-SWD x1e3 |"
-            + (" shapes acc |" if any("shapes" in r["metrics"] for r in rows) else ""))
+def _gflops(row: dict) -> str:
+    flops = row.get("flops_per_image")
+    return "-" if flops is None else f"{flops / 1e9:.2f}"
+
+
+def _latency(row: dict) -> str:
+    device = str(row.get("device", "cpu")).split(":")[0]
+    return f"{row['sampling_seconds_per_image'] * 1000:.1f} ({device})"
+
+
+def metrics_table(rows: list[dict]) -> str:
+    head = ("| run | steps | GFLOPs / image | ms / image (device) | FD (evaluator) | precision | recall | text align "
+            "| lap-SWD x1e3 |" + (" shapes acc |" if any("shapes" in r["metrics"] for r in rows) else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         m = r["metrics"]
-        cells = [r["label"], _steps(r), _fmt(r["sampling_seconds_per_image"] * 1000, 1), _fmt(m.get("fd"), 2),
+        cells = [r["label"], _steps(r), _gflops(r), _latency(r), _fmt(m.get("fd"), 2),
                  _fmt(m.get("precision")), _fmt(m.get("recall")),
                  f"{_fmt(m.get('text_alignment'))} (real {_fmt(m.get('text_alignment_real'))})", _fmt(m.get("lap_swd"), 2)]
         if "shapes" in m:
@@ -64,24 +74,31 @@ def metrics_table(rows: list[dict], flops: dict[str, float] | None = None) -> st
     return "\n".join(lines)
 
 
-def plot_quality_vs_latency(rows: list[dict], path: Path) -> Path:
+def plot_quality_vs_cost(rows: list[dict], path: Path) -> Path:
+    """FD against sampling time (and against transformer FLOPs when the evals counted them)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for r in rows:
-        x, y = r["sampling_seconds_per_image"] * 1000, r["metrics"].get("fd")
-        if y is None:
-            continue
-        ax.scatter([x], [y])
-        ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("CPU sampling time per image (ms, log)")
-    ax.set_ylabel("FD in the evaluator's feature space (lower is better)")
-    ax.set_title("Quality against latency, emoji held-out prompts")
-    ax.grid(alpha=0.3)
+    rows = [r for r in rows if r["metrics"].get("fd") is not None]
+    with_flops = [r for r in rows if r.get("flops_per_image")]
+    panels = [("ms", "sampling time per image (ms, log)", rows)]
+    if with_flops:
+        panels.append(("gflops", "transformer GFLOPs per image (log)", with_flops))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (kind, xlabel, subset) in zip(axes[0], panels):
+        for r in subset:
+            x = r["sampling_seconds_per_image"] * 1000 if kind == "ms" else r["flops_per_image"] / 1e9
+            y = r["metrics"]["fd"]
+            ax.scatter([x], [y])
+            ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("FD in the evaluator's feature space (lower is better)")
+        ax.grid(alpha=0.3)
+    devices = sorted({str(r.get("device", "cpu")).split(":")[0] for r in rows})
+    fig.suptitle(f"Quality against cost ({', '.join(devices)} timings)", fontsize=10)
     return _save(fig, path)
 
 
@@ -95,6 +112,10 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _records(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
 def plot_training_curves(logs: dict[str, Path], path: Path, keys=("mmd", "dmd", "fake")) -> Path:
     """One panel per loss key; one line per run and scale (x = generator step)."""
     import matplotlib
@@ -102,13 +123,13 @@ def plot_training_curves(logs: dict[str, Path], path: Path, keys=("mmd", "dmd", 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in keys if any(k in json.loads(l) for p in logs.values() for l in p.read_text().splitlines()[:1])]
+    records = {label: _records(log) for label, log in logs.items()}
+    keys = [k for k in keys if any(k in r for recs in records.values() for r in recs)]
     if not keys:
         raise SwdError("--logs: none of the logs has mmd, dmd or fake losses")
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        for label, log in logs.items():
-            recs = [json.loads(l) for l in log.read_text().splitlines()]
+        for label, recs in records.items():
             # Losses differ by scale (round robin), so each scale gets its own line.
             for scale in sorted({r.get("scale") for r in recs if key in r}, key=lambda v: (v is None, v)):
                 pts = [(r["step"], r[key]) for r in recs if key in r and r.get("scale") == scale]
@@ -119,6 +140,46 @@ def plot_training_curves(logs: dict[str, Path], path: Path, keys=("mmd", "dmd", 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def eval_curves(logs: dict[str, Path]) -> dict[str, list[tuple[int, dict]]]:
+    """The in-training evaluations (`train.eval_every`) of each log: [(step, metrics)], by step."""
+    curves = {}
+    for label, log in logs.items():
+        points = sorted((r["step"], r["eval"]) for r in _records(log) if "eval" in r)
+        if points:
+            curves[label] = points
+    return curves
+
+
+def plot_eval_curves(curves: dict[str, list[tuple[int, dict]]], path: Path, keys=("fd", "precision", "recall")) -> Path:
+    """FD (and precision, recall) on held-out prompts against the generator step, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, points in curves.items():
+            pts = [(step, m[key]) for step, m in points if m.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), label=label, marker="o", ms=3, lw=1.2)
+        ax.set_title({"fd": "held-out FD (lower is better)"}.get(key, key))
+        ax.set_xlabel("generator step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def eval_curve_table(curves: dict[str, list[tuple[int, dict]]]) -> str:
+    """FD at each evaluated step, one row per run."""
+    steps = sorted({step for points in curves.values() for step, _ in points})
+    lines = ["| run (FD at step) | " + " | ".join(map(str, steps)) + " |", "|" + "---|" * (len(steps) + 1)]
+    for label, points in curves.items():
+        fd = {step: m.get("fd") for step, m in points}
+        lines.append(f"| {label} | " + " | ".join(_fmt(fd.get(s), 1) for s in steps) + " |")
+    return "\n".join(lines)
 
 
 def write_between_markers(target: Path, body: str) -> None:
@@ -134,10 +195,11 @@ def write_between_markers(target: Path, body: str) -> None:
 
 def build_report(evals: str | Path, out: str | Path, logs: list[str] | None = None, plots: str | Path | None = None) -> str:
     rows = load_evals(evals)
-    plots = Path(plots) if plots else Path(out).parent / "results"
+    base = Path(out).parent
+    plots = Path(plots) if plots else base / "results"
     body = [metrics_table(rows), ""]
-    qpath = plot_quality_vs_latency(rows, plots / "quality_vs_latency.png")
-    body.append(f"![quality against latency]({_rel(qpath, Path(out).parent)})")
+    qpath = plot_quality_vs_cost(rows, plots / "quality_vs_latency.png")
+    body.append(f"![quality against cost]({_rel(qpath, base)})")
     if logs:
         named = {}
         for item in logs:
@@ -146,9 +208,16 @@ def build_report(evals: str | Path, out: str | Path, logs: list[str] | None = No
             if not path.is_file():
                 raise SwdError(f"--logs: {path} does not exist")
             named[label if _ else path.parent.name] = path
+        curves = eval_curves(named)
+        if curves:
+            fpath = plot_eval_curves(curves, plots / "fd_vs_step.png")
+            sizes = sorted({m.get("n_fake") for points in curves.values() for _, m in points} - {None})
+            body += ["", f"In-training evaluations (`train.eval_every`, {'/'.join(map(str, sizes))} held-out images "
+                     "each, one fixed seed): FD from fewer images is biased upwards, so compare these values with "
+                     "each other, not with the table above.", "",
+                     eval_curve_table(curves), "", f"![FD against training step]({_rel(fpath, base)})"]
         cpath = plot_training_curves(named, plots / "training_curves.png")
-        body.append("")
-        body.append(f"![training curves]({_rel(cpath, Path(out).parent)})")
+        body += ["", f"![training curves]({_rel(cpath, base)})"]
     text = "\n".join(body)
     write_between_markers(Path(out), text)
     return text

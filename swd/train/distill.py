@@ -100,6 +100,10 @@ class DistillTrainConfig:
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
     max_minutes: float = 0.0  # stop with a checkpoint after this wall time (0 = no limit)
+    # Testbed only: FD, precision, recall, text alignment (and shapes accuracy) of the student on
+    # `eval_n` held-out prompts every `eval_every` steps and at steps 0 and last, into log.jsonl.
+    eval_every: int = 0
+    eval_n: int = 128
     export_merged: bool = True  # also write the LoRA student merged into a full diffusers model
 
 
@@ -459,6 +463,10 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
     check_data(data, space, schedule, teacher)
     feature_block = lc.feature_block
     teacher_adapter.block(feature_block)  # validates the index against the model
+    if tc.eval_every < 0 or tc.eval_n < 2:
+        raise SwdError(f"train.eval_every / eval_n: need eval_every >= 0 and eval_n >= 2, got {tc.eval_every}, {tc.eval_n}")
+    if tc.eval_every > 0 and spec is not None:
+        raise SwdError("train.eval_every: in-training evaluation scores the pixel-space testbed only; set it to 0")
     if main:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.yaml").write_text(dump_config(cfg))
@@ -523,8 +531,33 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
               f"{world} process(es) on {device}")
     log = open(run / "log.jsonl", "a") if main else None
     board = tensorboard_writer(run / "tensorboard") if main else None
+    evaluation = None
+    if main and tc.eval_every > 0:
+        from swd.eval.evaluate import TrainingEvaluation
+
+        prompts = {"emoji": "emoji-heldout", "shapes": "shapes"}.get(cfg.data.name)
+        if prompts is None:
+            raise SwdError(f"train.eval_every: data {cfg.data.name!r} has no held-out prompt set; set it to 0")
+        evaluation = TrainingEvaluation(prompts, tc.eval_n, seed=tc.seed, text_tokens=cfg.data.text_tokens,
+                                        data_path=cfg.data.path or None)
+
+    def evaluate(at_step: int) -> None:
+        """Score the model that gets exported (EMA if any) and log it; sampling uses its own RNG,
+        so a run with evaluation trains exactly as one without."""
+        metrics = evaluation(ema if ema is not None else generator_model, schedule, device, tc.precision)
+        log.write(json.dumps({"step": at_step, "eval": metrics}) + "\n")
+        log.flush()
+        if board is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)):
+                    board.add_scalar(f"eval/{key}", value, at_step)
+        pbar.write(f"step {at_step}: held-out FD {metrics['fd']:.2f}, precision {metrics['precision']:.3f}, "
+                   f"recall {metrics['recall']:.3f}")
+
     started = time.time()
     pbar = tqdm(total=tc.steps, initial=step, desc=f"distill {cfg.objective}", disable=not main, dynamic_ncols=True)
+    if evaluation is not None and step == 0:
+        evaluate(0)
     while step < tc.steps:
         gen = step_generator(tc.seed, rank, step)
         i = scale_index(step, schedule.steps, tc.scale_order, gen)
@@ -619,6 +652,8 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
         if main and (step % tc.sample_every == 0 or last_step):
             grid_imgs = student_samples(gen_adapter, data, schedule, device, tc.precision, space)
             save_grid(grid_imgs, run / "samples" / f"step_{step:08d}.png", labels=data.heldout_captions[: len(grid_imgs)])
+        if evaluation is not None and (step % tc.eval_every == 0 or last_step):
+            evaluate(step)
         if main and (step % tc.checkpoint_every == 0 or last_step):
             save_checkpoint(ckpt_dir, step, modules, optimizers, {"config": to_dict(cfg)}, keep=tc.keep_checkpoints)
         if out_of_time:

@@ -121,6 +121,13 @@ def test_eval_run_end_to_end_is_reproducible(tiny_model_dir, evaluator_dir, tmp_
     assert a["sampling_seconds_per_image"] > 0 and a["wall_seconds"] >= a["sampling_seconds"]
     summary = json.loads(capsys.readouterr().out.splitlines()[0])
     assert summary["fd"] == pytest.approx(m["fd"], abs=1e-4)
+    # One forward per scale of testbed-4, each counted alone.
+    from swd.eval.evaluate import load_model
+    from swd.eval.flops import arch_of_model, count_forward_flops
+
+    arch = arch_of_model(load_model(tiny_model_dir)[0], text_tokens=16)
+    assert a["flops_per_image"] == sum(count_forward_flops(arch, s) for s in (32, 40, 48, 64))
+    assert summary["gflops_per_image"] == pytest.approx(a["flops_per_image"] / 1e9, abs=1e-3)
 
 
 @needs_emoji
@@ -132,6 +139,11 @@ def test_teacher_sampler_and_shapes_prompts(tiny_model_dir, evaluator_dir, tmp_p
     result = evaluate_model(tiny_model_dir, schedule="teacher", prompts="shapes", n=4, batch_size=4,
                             teacher_steps=2, guidance=2.0, evaluator=evaluator, out=tmp_path, progress=False)
     assert result["schedule"] == "teacher" and result["teacher_steps"] == 2 and result["guidance"] == 2.0
+    from swd.eval.evaluate import load_model
+    from swd.eval.flops import arch_of_model, count_forward_flops
+
+    forward = count_forward_flops(arch_of_model(load_model(tiny_model_dir)[0], text_tokens=16), 64)
+    assert result["flops_per_image"] == 2 * 2 * forward  # 2 steps, CFG doubles each
     shapes = result["metrics"]["shapes"]
     assert 0.0 <= shapes["accuracy"] <= 1.0 and shapes["per_category"]
     saved = json.loads((tmp_path / "metrics.json").read_text())

@@ -222,3 +222,21 @@ def test_bench_without_subcommand_exits_2(capsys):
         main(["bench"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_model_sampling_flops_of_a_testbed_model_equals_hand_count():
+    """A concrete (testbed) model is counted from its own config: the scale-wise run sums one hand
+    count per scale, the teacher runs 28 steps x 2 forwards (CFG) at the sample size."""
+    from swd.eval.flops import model_sampling_flops
+    from swd.models.testbed import MMDiTConfig, build_testbed_transformer
+
+    model = build_testbed_transformer(MMDiTConfig(width=32, head_dim=16, depth=2))
+    cfg = dict(model.config)
+
+    def hand(size):
+        return sum(hand_count_sd3(cfg, size, size, text_tokens=16).values())
+
+    sched = ScaleSchedule(scales=[32, 48, 64], sigmas=[1.0, 0.8, 0.6])
+    assert model_sampling_flops(model, sched, text_tokens=16) == hand(32) + hand(48) + hand(64)
+    assert model_sampling_flops(model, None, text_tokens=16, guidance=4.5) == 28 * 2 * hand(cfg["sample_size"])
+    assert model_sampling_flops(model, None, text_tokens=16, teacher_steps=4, guidance=1.0) == 4 * hand(64)

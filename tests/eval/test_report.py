@@ -6,12 +6,12 @@ from swd.errors import SwdError
 from swd.eval.report import BEGIN, END, build_report, metrics_table
 
 
-def _metrics(folder, label, fd, ms, sched):
+def _metrics(folder, label, fd, ms, sched, flops=None):
     d = folder / label
     d.mkdir(parents=True)
     (d / "metrics.json").write_text(json.dumps({
         "schedule": sched, "teacher_steps": 28 if sched == "teacher" else None, "guidance": 4.5,
-        "sampling_seconds_per_image": ms / 1000,
+        "sampling_seconds_per_image": ms / 1000, "device": "cpu", "flops_per_image": flops,
         "metrics": {"fd": fd, "precision": 0.5, "recall": 0.25, "text_alignment": 0.1,
                     "text_alignment_real": 0.3, "lap_swd": 12.0},
     }))
@@ -19,19 +19,24 @@ def _metrics(folder, label, fd, ms, sched):
 
 def test_report_table_plots_and_markers(tmp_path):
     evals = tmp_path / "evals"
-    _metrics(evals, "a-teacher", 10.0, 500.0, "teacher")
+    _metrics(evals, "a-teacher", 10.0, 500.0, "teacher", flops=48.98e9)
     _metrics(evals, "b-swd", 12.5, 20.0, {"scales": [[32, 32], [64, 64]], "sigmas": [1.0, 0.6]})
     log = tmp_path / "log.jsonl"
-    log.write_text("\n".join(json.dumps({"step": i, "mmd": 1 / i}) for i in range(1, 5)))
+    # An evaluation record first (step 0), as `swd distill` writes with train.eval_every.
+    log.write_text("\n".join([json.dumps({"step": 0, "eval": {"fd": 80.0, "n_fake": 16}})]
+                             + [json.dumps({"step": i, "mmd": 1 / i}) for i in range(1, 5)]
+                             + [json.dumps({"step": 4, "eval": {"fd": 60.5, "n_fake": 16}})]))
     out = tmp_path / "RESULTS.md"
     out.write_text("# Results\nhand-written\n")
     build_report(evals, out, logs=[f"mmd-only={log}"], plots=tmp_path / "plots")
     text = out.read_text()
     assert text.startswith("# Results\nhand-written") and BEGIN in text and END in text
-    assert "| a-teacher | 28 + CFG 4.5 | 500.0 | 10.00 |" in text
-    assert "| b-swd | 2 scale-wise (32->64) | 20.0 | 12.50 |" in text
-    assert (tmp_path / "plots" / "quality_vs_latency.png").stat().st_size > 1000
-    assert (tmp_path / "plots" / "training_curves.png").stat().st_size > 1000
+    assert "| a-teacher | 28 + CFG 4.5 | 48.98 | 500.0 (cpu) | 10.00 |" in text
+    assert "| b-swd | 2 scale-wise (32->64) | - | 20.0 (cpu) | 12.50 |" in text
+    assert "| run (FD at step) | 0 | 4 |" in text and "| mmd-only | 80.0 | 60.5 |" in text
+    assert "16 held-out images" in text
+    for plot in ("quality_vs_latency", "training_curves", "fd_vs_step"):
+        assert (tmp_path / "plots" / f"{plot}.png").stat().st_size > 1000
     # regenerating replaces the block instead of appending a second one
     build_report(evals, out, plots=tmp_path / "plots")
     assert out.read_text().count(BEGIN) == 1
