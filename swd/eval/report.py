@@ -16,6 +16,15 @@ from swd.errors import SwdError
 BEGIN, END = "<!-- swd report: begin -->", "<!-- swd report: end -->"
 
 
+def markers(name: str = "") -> tuple[str, str]:
+    """The begin / end lines of a named report block (one file can hold several)."""
+    if not name:
+        return BEGIN, END
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise SwdError(f"--name: letters, digits, - and _ only, got {name!r}")
+    return f"<!-- swd report {name}: begin -->", f"<!-- swd report {name}: end -->"
+
+
 def load_evals(folder: str | Path) -> list[dict]:
     """Every `*/metrics.json` under folder, labelled by its sub-folder name, in name order."""
     folder = Path(folder)
@@ -182,23 +191,29 @@ def eval_curve_table(curves: dict[str, list[tuple[int, dict]]]) -> str:
     return "\n".join(lines)
 
 
-def write_between_markers(target: Path, body: str) -> None:
+def write_between_markers(target: Path, body: str, name: str = "") -> None:
+    begin, end_line = markers(name)
     text = target.read_text() if target.exists() else ""
-    block = f"{BEGIN}\n{body.rstrip()}\n{END}"
-    if BEGIN in text and END in text:
-        start, end = text.index(BEGIN), text.index(END) + len(END)
+    block = f"{begin}\n{body.rstrip()}\n{end_line}"
+    if begin in text and end_line in text:
+        start, end = text.index(begin), text.index(end_line) + len(end_line)
         text = text[:start] + block + text[end:]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     target.write_text(text)
 
 
-def build_report(evals: str | Path, out: str | Path, logs: list[str] | None = None, plots: str | Path | None = None) -> str:
+def build_report(evals: str | Path, out: str | Path, logs: list[str] | None = None, plots: str | Path | None = None,
+                 name: str = "") -> str:
+    """The table and plots of `evals` (and `logs`) between the markers of block `name` in `out`;
+    a named block prefixes its plot files with the name."""
+    markers(name)  # validates the name before anything is written
+    prefix = f"{name}_" if name else ""
     rows = load_evals(evals)
     base = Path(out).parent
     plots = Path(plots) if plots else base / "results"
     body = [metrics_table(rows), ""]
-    qpath = plot_quality_vs_cost(rows, plots / "quality_vs_latency.png")
+    qpath = plot_quality_vs_cost(rows, plots / f"{prefix}quality_vs_latency.png")
     body.append(f"![quality against cost]({_rel(qpath, base)})")
     if logs:
         named = {}
@@ -210,16 +225,16 @@ def build_report(evals: str | Path, out: str | Path, logs: list[str] | None = No
             named[label if _ else path.parent.name] = path
         curves = eval_curves(named)
         if curves:
-            fpath = plot_eval_curves(curves, plots / "fd_vs_step.png")
+            fpath = plot_eval_curves(curves, plots / f"{prefix}fd_vs_step.png")
             sizes = sorted({m.get("n_fake") for points in curves.values() for _, m in points} - {None})
             body += ["", f"In-training evaluations (`train.eval_every`, {'/'.join(map(str, sizes))} held-out images "
                      "each, one fixed seed): FD from fewer images is biased upwards, so compare these values with "
                      "each other, not with the table above.", "",
                      eval_curve_table(curves), "", f"![FD against training step]({_rel(fpath, base)})"]
-        cpath = plot_training_curves(named, plots / "training_curves.png")
+        cpath = plot_training_curves(named, plots / f"{prefix}training_curves.png")
         body += ["", f"![training curves]({_rel(cpath, base)})"]
     text = "\n".join(body)
-    write_between_markers(Path(out), text)
+    write_between_markers(Path(out), text, name)
     return text
 
 
@@ -231,7 +246,7 @@ def _rel(path: Path, base: Path) -> str:
 
 
 def _cmd_report(args) -> int:
-    text = build_report(args.evals, args.out, args.logs, args.plots)
+    text = build_report(args.evals, args.out, args.logs, args.plots, args.name)
     print(text)
     print(f"\nwritten between the report markers of {args.out}")
     return 0
@@ -243,4 +258,5 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="docs/RESULTS.md", help="markdown file; the block between its report markers is replaced")
     p.add_argument("--logs", nargs="*", default=[], metavar="LABEL=LOG", help="training log.jsonl files to plot")
     p.add_argument("--plots", default=None, help="folder for the PNG plots (default: docs/results)")
+    p.add_argument("--name", default="", help="report block name, for several tables in one file (e.g. shapes)")
     p.set_defaults(func=_cmd_report)

@@ -48,3 +48,17 @@ def test_report_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SwdError, match="no \\*/metrics.json"):
         build_report(tmp_path / "empty", tmp_path / "r.md")
+
+
+def test_named_blocks_live_side_by_side(tmp_path):
+    evals = tmp_path / "evals"
+    _metrics(evals, "a-teacher", 10.0, 500.0, "teacher")
+    out = tmp_path / "RESULTS.md"
+    build_report(evals, out, plots=tmp_path / "plots")
+    build_report(evals, out, plots=tmp_path / "plots", name="shapes")
+    build_report(evals, out, plots=tmp_path / "plots", name="shapes")  # replaced, not appended
+    text = out.read_text()
+    assert text.count(BEGIN) == 1 and text.count("<!-- swd report shapes: begin -->") == 1
+    assert (tmp_path / "plots" / "shapes_quality_vs_latency.png").is_file()
+    with pytest.raises(SwdError, match="--name"):
+        build_report(evals, out, name="a b")
