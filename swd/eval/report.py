@@ -122,7 +122,17 @@ def _save(fig, path: Path) -> Path:
 
 
 def _records(log: Path) -> list[dict]:
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    """The JSON lines of a training log; a last line cut off by a killed run is skipped."""
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise SwdError(f"--logs: {log} line {number} is not JSON") from None
+    return records
 
 
 def plot_training_curves(logs: dict[str, Path], path: Path, keys=("mmd", "dmd", "fake")) -> Path:
@@ -155,7 +165,9 @@ def eval_curves(logs: dict[str, Path]) -> dict[str, list[tuple[int, dict]]]:
     """The in-training evaluations (`train.eval_every`) of each log: [(step, metrics)], by step."""
     curves = {}
     for label, log in logs.items():
-        points = sorted((r["step"], r["eval"]) for r in _records(log) if "eval" in r)
+        # A resumed run may evaluate a step twice (killed between an evaluation and the next
+        # checkpoint): the last record of a step wins.
+        points = sorted({r["step"]: r["eval"] for r in _records(log) if "eval" in r}.items())
         if points:
             curves[label] = points
     return curves

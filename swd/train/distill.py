@@ -361,6 +361,15 @@ def average_gradients(params, world_size: int) -> None:
             p.grad.div_(world_size)
 
 
+def agreed_flag(flag: bool, device) -> bool:
+    """The main process's value of a flag, on every process."""
+    import torch.distributed as dist
+
+    value = torch.tensor([int(flag)], device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
 def trainable(module) -> list[torch.nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
@@ -463,10 +472,13 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
     check_data(data, space, schedule, teacher)
     feature_block = lc.feature_block
     teacher_adapter.block(feature_block)  # validates the index against the model
-    if tc.eval_every < 0 or tc.eval_n < 2:
-        raise SwdError(f"train.eval_every / eval_n: need eval_every >= 0 and eval_n >= 2, got {tc.eval_every}, {tc.eval_n}")
-    if tc.eval_every > 0 and spec is not None:
-        raise SwdError("train.eval_every: in-training evaluation scores the pixel-space testbed only; set it to 0")
+    if tc.eval_every < 0 or tc.eval_n < 4:
+        raise SwdError(f"train.eval_every / eval_n: need eval_every >= 0 and eval_n >= 4 (precision and recall "
+                       f"use 3 neighbours), got {tc.eval_every}, {tc.eval_n}")
+    eval_prompts = {"emoji": "emoji-heldout", "shapes": "shapes"}.get(cfg.data.name)
+    if tc.eval_every > 0 and (spec is not None or eval_prompts is None):
+        raise SwdError(f"train.eval_every: in-training evaluation scores the pixel-space testbed on its held-out "
+                       f"prompts (data emoji or shapes), not arch {cfg.model.arch} with data {cfg.data.name}; set it to 0")
     if main:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.yaml").write_text(dump_config(cfg))
@@ -535,16 +547,19 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
     if main and tc.eval_every > 0:
         from swd.eval.evaluate import TrainingEvaluation
 
-        prompts = {"emoji": "emoji-heldout", "shapes": "shapes"}.get(cfg.data.name)
-        if prompts is None:
-            raise SwdError(f"train.eval_every: data {cfg.data.name!r} has no held-out prompt set; set it to 0")
-        evaluation = TrainingEvaluation(prompts, tc.eval_n, seed=tc.seed, text_tokens=cfg.data.text_tokens,
+        evaluation = TrainingEvaluation(eval_prompts, tc.eval_n, seed=tc.seed, text_tokens=cfg.data.text_tokens,
                                         data_path=cfg.data.path or None)
 
+    eval_seconds = 0.0
+
     def evaluate(at_step: int) -> None:
-        """Score the model that gets exported (EMA if any) and log it; sampling uses its own RNG,
-        so a run with evaluation trains exactly as one without."""
+        """Score the model that gets exported (EMA if any) and log it. Sampling uses its own RNG and
+        evaluation time is left out of train.max_minutes, so a run with evaluation trains exactly
+        as one without."""
+        nonlocal eval_seconds
+        began = time.time()
         metrics = evaluation(ema if ema is not None else generator_model, schedule, device, tc.precision)
+        eval_seconds += time.time() - began
         log.write(json.dumps({"step": at_step, "eval": metrics}) + "\n")
         log.flush()
         if board is not None:
@@ -552,7 +567,10 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
                 if isinstance(value, (int, float)):
                     board.add_scalar(f"eval/{key}", value, at_step)
         pbar.write(f"step {at_step}: held-out FD {metrics['fd']:.2f}, precision {metrics['precision']:.3f}, "
-                   f"recall {metrics['recall']:.3f}")
+                   f"recall {metrics['recall']:.3f} ({tc.eval_n} images)")
+
+    def training_minutes() -> float:
+        return (time.time() - started - eval_seconds) / 60
 
     started = time.time()
     pbar = tqdm(total=tc.steps, initial=step, desc=f"distill {cfg.objective}", disable=not main, dynamic_ncols=True)
@@ -637,9 +655,11 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
         step += 1
         pbar.update(1)
         record.update({k: v.item() for k, v in losses.items()}, grad_norm=float(grad_norm),
-                      minutes=(time.time() - started) / 60)
+                      minutes=training_minutes())
 
-        out_of_time = tc.max_minutes > 0 and (time.time() - started) / 60 >= tc.max_minutes
+        out_of_time = tc.max_minutes > 0 and training_minutes() >= tc.max_minutes
+        if tc.max_minutes > 0 and world > 1:  # the main process's clock decides, or ranks could part ways
+            out_of_time = agreed_flag(out_of_time, device)
         last_step = step == tc.steps or out_of_time
         if main and (step % tc.log_every == 0 or last_step):
             log.write(json.dumps(record) + "\n")

@@ -62,3 +62,17 @@ def test_named_blocks_live_side_by_side(tmp_path):
     assert (tmp_path / "plots" / "shapes_quality_vs_latency.png").is_file()
     with pytest.raises(SwdError, match="--name"):
         build_report(evals, out, name="a b")
+
+
+def test_resumed_logs_keep_the_last_evaluation_of_a_step_and_skip_a_cut_line(tmp_path):
+    from swd.eval.report import eval_curves
+
+    log = tmp_path / "log.jsonl"
+    records = [{"step": 0, "eval": {"fd": 80.0, "sampling_seconds": 1.0}},
+               {"step": 13, "eval": {"fd": 70.0, "sampling_seconds": 1.1}},
+               {"step": 13, "eval": {"fd": 71.0, "sampling_seconds": 1.2}}]  # repeated after a resume
+    log.write_text("\n".join(json.dumps(r) for r in records) + '\n{"step": 14, "mm')  # killed mid-write
+    assert eval_curves({"run": log}) == {"run": [(0, records[0]["eval"]), (13, records[2]["eval"])]}
+    log.write_text('{"step": 1\n' + json.dumps(records[0]))
+    with pytest.raises(SwdError, match="line 1 is not JSON"):
+        eval_curves({"run": log})

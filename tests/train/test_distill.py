@@ -173,11 +173,36 @@ def test_in_training_evaluation_matches_eval_and_leaves_training_unchanged(tmp_p
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_in_training_evaluation_rejects_bad_settings(tmp_path):
-    cfg = config(tmp_path, "bad", "mmd-only", eval_every=-1)
-    with pytest.raises(SwdError, match="eval_every"):
+def test_in_training_evaluation_scores_the_ema_that_is_exported(tmp_path):
+    from tests.eval.test_evaluate import _emoji_available
+
+    if not _emoji_available():
+        pytest.skip("emoji set or MiniLM not available")
+    from swd.eval.evaluate import evaluate_model
+
+    torch.manual_seed(0)
+    teacher = build_testbed_transformer(MMDiTConfig(sample_size=64, patch_size=4, width=32, head_dim=16, depth=1))
+    sched = tmp_path / "sched64.yaml"
+    ScaleSchedule(scales=[32, 64], sigmas=[1.0, 0.6]).save(sched)
+    cfg = config(tmp_path, "ema", "mmd-only", steps=2, eval_every=2, eval_n=6, ema_decay=0.5)
+    cfg.data.name, cfg.schedule = "emoji", str(sched)
+    out = train_distill(cfg, data=synthetic_data(size=64), teacher=teacher).export_dir
+    last = [json.loads(line) for line in (tmp_path / "ema" / "log.jsonl").read_text().splitlines()][-1]
+    alone = evaluate_model(out, n=6, seed=0, precision="fp32", device="cpu", progress=False)
+    assert last["step"] == 2 and last["eval"]["fd"] == pytest.approx(alone["metrics"]["fd"], rel=1e-6)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"eval_every": -1}, "eval_every"),
+    ({"eval_every": 1, "eval_n": 3}, "eval_n >= 4"),
+    ({"eval_every": 1, "data": "embeddings"}, "held-out"),
+])
+def test_in_training_evaluation_rejects_bad_settings(tmp_path, change, match):
+    change = dict(change)
+    data_name = change.pop("data", None)
+    cfg = config(tmp_path, "bad", "mmd-only", **change)
+    if data_name:
+        cfg.data.name = data_name
+    with pytest.raises(SwdError, match=match):
         train_distill(cfg, data=synthetic_data(), teacher=tiny_teacher())
-    cfg = config(tmp_path, "bad2", "mmd-only", eval_every=1)
-    cfg.data.name = "embeddings"
-    with pytest.raises(SwdError, match="held-out prompt set"):
-        train_distill(cfg, data=synthetic_data(), teacher=tiny_teacher())
+    assert not (tmp_path / "bad" / "log.jsonl").exists()  # refused before anything was written

@@ -29,7 +29,8 @@ from swd.train.distill import train_distill
 from tests.train.test_distill import config, tiny_teacher
 from tests.train.test_teacher import synthetic_data
 tmp = Path(sys.argv[1])
-result = train_distill(config(tmp, "ddp", "swd", steps=2), data=synthetic_data(), teacher=tiny_teacher())
+# max_minutes > 0 runs the per-step agreement on stopping (a broadcast from rank 0).
+result = train_distill(config(tmp, "ddp", "swd", steps=2, max_minutes=60), data=synthetic_data(), teacher=tiny_teacher())
 rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
 save_file({k: v.contiguous() for k, v in result.generator.state_dict().items()}, str(tmp / f"rank{rank}.safetensors"))
 (tmp / f"rank{rank}.json").write_text(json.dumps({"world": world}))
