@@ -73,9 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands whose default sub-command may be left out: `swd eval --model M` is `swd eval run --model M`.
+DEFAULT_SUBCOMMANDS = {"eval": "run"}
+
+
+def with_default_subcommand(argv: list[str]) -> list[str]:
+    if len(argv) >= 2 and argv[0] in DEFAULT_SUBCOMMANDS and argv[1].startswith("-") and argv[1] not in ("-h", "--help"):
+        return [argv[0], DEFAULT_SUBCOMMANDS[argv[0]], *argv[1:]]
+    return argv
+
+
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(with_default_subcommand(list(sys.argv[1:] if argv is None else argv)))
     try:
         return int(args.func(args) or 0)
     except SwdError as err:

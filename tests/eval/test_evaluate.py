@@ -148,3 +148,18 @@ def test_teacher_sampler_and_shapes_prompts(tiny_model_dir, evaluator_dir, tmp_p
     assert 0.0 <= shapes["accuracy"] <= 1.0 and shapes["per_category"]
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["metrics"]["shapes"] == shapes
+
+
+@needs_emoji
+def test_swd_eval_without_subcommand_is_eval_run(tiny_model_dir, evaluator_dir, tmp_path):
+    from swd.cli import main, with_default_subcommand
+
+    assert with_default_subcommand(["eval", "--help"]) == ["eval", "--help"]
+    assert with_default_subcommand(["eval", "train-evaluator"]) == ["eval", "train-evaluator"]
+    common = ["--model", str(tiny_model_dir), "--n", "4", "--batch-size", "4", "--evaluator", str(evaluator_dir),
+              "--no-progress"]
+    assert main(["eval", *common, "--out", str(tmp_path / "short")]) == 0
+    assert main(["eval", "run", *common, "--out", str(tmp_path / "long")]) == 0
+    short = json.loads((tmp_path / "short" / "metrics.json").read_text())
+    long = json.loads((tmp_path / "long" / "metrics.json").read_text())
+    assert short["metrics"] == long["metrics"] and short["n"] == 4
