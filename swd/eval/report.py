@@ -180,13 +180,16 @@ def plot_eval_curves(curves: dict[str, list[tuple[int, dict]]], path: Path, keys
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    keys = [k for k in keys if any(m.get(k) is not None for points in curves.values() for _, m in points)]
+    if "shapes" in {k for points in curves.values() for _, m in points for k in m}:
+        keys.append("shapes")  # the exact scorer's accuracy, when the runs were scored on shapes prompts
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for label, points in curves.items():
             pts = [(step, m[key]) for step, m in points if m.get(key) is not None]
             if pts:
                 ax.plot(*zip(*pts), label=label, marker="o", ms=3, lw=1.2)
-        ax.set_title({"fd": "held-out FD (lower is better)"}.get(key, key))
+        ax.set_title({"fd": "held-out FD (lower is better)", "shapes": "shapes accuracy"}.get(key, key))
         ax.set_xlabel("generator step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -194,12 +197,20 @@ def plot_eval_curves(curves: dict[str, list[tuple[int, dict]]], path: Path, keys
 
 
 def eval_curve_table(curves: dict[str, list[tuple[int, dict]]]) -> str:
-    """FD at each evaluated step, one row per run."""
+    """FD at each evaluated step, one row per run (with the shapes accuracy in brackets when scored)."""
     steps = sorted({step for points in curves.values() for step, _ in points})
-    lines = ["| run (FD at step) | " + " | ".join(map(str, steps)) + " |", "|" + "---|" * (len(steps) + 1)]
+    shapes = any("shapes" in m for points in curves.values() for _, m in points)
+    title = "FD (shapes accuracy) at step" if shapes else "FD at step"
+    lines = [f"| run ({title}) | " + " | ".join(map(str, steps)) + " |", "|" + "---|" * (len(steps) + 1)]
+
+    def cell(m):
+        if m is None:
+            return "-"
+        return _fmt(m.get("fd"), 1) + (f" ({_fmt(m['shapes'], 2)})" if m.get("shapes") is not None else "")
+
     for label, points in curves.items():
-        fd = {step: m.get("fd") for step, m in points}
-        lines.append(f"| {label} | " + " | ".join(_fmt(fd.get(s), 1) for s in steps) + " |")
+        by_step = dict(points)
+        lines.append(f"| {label} | " + " | ".join(cell(by_step.get(s)) for s in steps) + " |")
     return "\n".join(lines)
 
 
