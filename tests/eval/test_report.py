@@ -76,3 +76,12 @@ def test_resumed_logs_keep_the_last_evaluation_of_a_step_and_skip_a_cut_line(tmp
     log.write_text('{"step": 1\n' + json.dumps(records[0]))
     with pytest.raises(SwdError, match="line 1 is not JSON"):
         eval_curves({"run": log})
+
+
+def test_eval_curve_table_shows_shapes_accuracy_when_scored():
+    from swd.eval.report import eval_curve_table
+
+    table = eval_curve_table({"shapes-run": [(0, {"fd": 50.0, "shapes": 0.25}), (26, {"fd": 45.25, "shapes": 0.3})],
+                              "emoji-run": [(0, {"fd": 70.0})]})
+    assert "| run (FD (shapes accuracy) at step) | 0 | 26 |" in table
+    assert "| shapes-run | 50.0 (0.25) | 45.2 (0.30) |" in table and "| emoji-run | 70.0 | - |" in table
