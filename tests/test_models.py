@@ -105,3 +105,17 @@ def test_cuda_graph_adapter_needs_cuda(sd3_adapter):
         pytest.skip("a GPU is present")
     with pytest.raises(SwdError, match="need a CUDA device"):
         CudaGraphAdapter(sd3_adapter)
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
+def test_build_in_a_dtype_creates_the_weights_in_it_and_restores_the_default(name):
+    from swd.models.configs import ARCHS
+
+    model = ARCHS[name].build(dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert torch.get_default_dtype() == torch.float32
+    torch.manual_seed(0)
+    a = ARCHS[name].build()
+    torch.manual_seed(0)
+    b = ARCHS[name].build(dtype=torch.float32)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

@@ -36,7 +36,7 @@ def _cmd_latency(args) -> int:
         schedules = [resolve_schedule(n) for n in names if n]
         print(f"swd: building {arch.name} with random weights on {device} ({args.dtype})...", file=sys.stderr, flush=True)
         torch.manual_seed(0)
-        model = arch.build(device=device).to(dtype).eval()
+        model = arch.build(device=device, dtype=dtype).eval()
         adapter = adapter_for(model)
         t = model.config
         cond, uncond = random_condition(arch.text_tokens, t.joint_attention_dim, t.pooled_projection_dim,
@@ -47,7 +47,8 @@ def _cmd_latency(args) -> int:
         from swd.demo import encode_prompts, load_model
 
         model, saved = load_model(args.model)
-        model = model.to(device, dtype)
+        # nn.Module.to: diffusers' own .to warns about fp32-kept modules (SD3 has none).
+        model = torch.nn.Module.to(model, device, dtype)
         adapter = adapter_for(model)
         names = args.schedules.split(",") if args.schedules else (["saved"] if saved is not None else ["testbed-4"])
         schedules = [saved if n == "saved" else resolve_schedule(n) for n in names if n]

@@ -26,15 +26,25 @@ class ArchSpec:
     teacher_cfg: float = 1.0
     notes: str = field(default="", compare=False)
 
-    def build(self, device=None):
-        """The diffusers transformer with random weights (pass device='meta' for no memory)."""
+    def build(self, device=None, dtype=None):
+        """The diffusers transformer with random weights (pass device='meta' for no memory).
+
+        `dtype` creates the weights in that type directly: FLUX-dev built in float32 and then cast
+        would need 48 + 24 GB at once, more than an 80 GB GPU holds beside the activations.
+        """
+        import contextlib
+
         import torch
 
         cls = transformer_class(self.family)
-        if device is None:
-            return cls(**self.transformer)
-        with torch.device(device):
-            return cls(**self.transformer)
+        previous = torch.get_default_dtype()
+        if dtype is not None:
+            torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device) if device is not None else contextlib.nullcontext():
+                return cls(**self.transformer)
+        finally:
+            torch.set_default_dtype(previous)
 
 
 def transformer_class(family: str):
