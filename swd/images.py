@@ -52,3 +52,13 @@ def save_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
+
+
+def save_strip(images: torch.Tensor, path: str | Path, n: int = 8) -> Path:
+    """The first `n` images (B, 3, H, W) in [-1, 1] side by side, unlabelled, as one PNG row
+    (`swd report` stacks the strips of several runs into one comparison picture)."""
+    row = np.concatenate(list(to_uint8(images[:n])), axis=1)  # (H, n*W, 3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(row).save(path)
+    return path

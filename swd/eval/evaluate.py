@@ -385,12 +385,13 @@ def evaluate_model(
         "wall_seconds": None,
     }
     if out is not None:
-        from swd.images import save_grid
+        from swd.images import save_grid, save_strip
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         k = min(GRID_IMAGES, n)
         save_grid(images[:k], out / "samples.png", labels=prompt_set.captions[:k])
+        save_strip(images, out / "strip.png")  # the first 8, for the report's side-by-side picture
         result["grid"] = str(out / "samples.png")
     result["wall_seconds"] = round(time.perf_counter() - began, 3)
     if out is not None:

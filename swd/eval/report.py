@@ -111,6 +111,30 @@ def plot_quality_vs_cost(rows: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_sample_strips(rows: list[dict], folder: Path, path: Path) -> Path | None:
+    """One row of the same held-out prompts per run (the `strip.png` each eval wrote), labelled;
+    None when no eval has a strip."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    strips = [(r["label"], folder / r["label"] / "strip.png") for r in rows]
+    strips = [(label, np.asarray(Image.open(f).convert("RGB"))) for label, f in strips if f.is_file()]
+    if not strips:
+        return None
+    h, w = strips[0][1].shape[:2]
+    fig, axes = plt.subplots(len(strips), 1, figsize=(w / 64 * 1.1 + 2.2, len(strips) * (h / 64) * 1.15), squeeze=False)
+    for ax, (label, image) in zip(axes[:, 0], strips):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -238,6 +262,10 @@ def build_report(evals: str | Path, out: str | Path, logs: list[str] | None = No
     body = [metrics_table(rows), ""]
     qpath = plot_quality_vs_cost(rows, plots / f"{prefix}quality_vs_latency.png")
     body.append(f"![quality against cost]({_rel(qpath, base)})")
+    spath = plot_sample_strips(rows, Path(evals), plots / f"{prefix}samples.png")
+    if spath is not None:
+        body += ["", "The first eight held-out prompts of each run (same prompts and seed in every row):", "",
+                 f"![samples side by side]({_rel(spath, base)})"]
     if logs:
         named = {}
         for item in logs:

@@ -113,6 +113,9 @@ def test_eval_run_end_to_end_is_reproducible(tiny_model_dir, evaluator_dir, tmp_
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())
     b = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert (tmp_path / "a" / "samples.png").is_file()
+    from PIL import Image
+
+    assert Image.open(tmp_path / "a" / "strip.png").size == (4 * 64, 64)  # n = 4 images in one row
     assert a["metrics"] == b["metrics"]  # same seed, same images, same numbers
     assert a["seed"] == 3 and a["n"] == 4 and a["schedule"]["name"] == "testbed-4" and a["guidance"] == 1.0
     m = a["metrics"]

@@ -35,7 +35,13 @@ def test_report_table_plots_and_markers(tmp_path):
     assert "| b-swd | 2 scale-wise (32->64) | - | 20.0 (cpu) | 12.50 |" in text
     assert "| run (FD at step) | 0 | 4 |" in text and "| mmd-only | 80.0 | 60.5 |" in text
     assert "16 held-out images" in text
-    for plot in ("quality_vs_latency", "training_curves", "fd_vs_step"):
+    assert "samples side by side" not in text  # no strip.png in these evals
+    from PIL import Image
+
+    Image.new("RGB", (8 * 64, 64), "red").save(evals / "a-teacher" / "strip.png")
+    build_report(evals, out, logs=[f"mmd-only={log}"], plots=tmp_path / "plots")
+    assert "![samples side by side](plots/samples.png)" in out.read_text()
+    for plot in ("quality_vs_latency", "training_curves", "fd_vs_step", "samples"):
         assert (tmp_path / "plots" / f"{plot}.png").stat().st_size > 1000
     # regenerating replaces the block instead of appending a second one
     build_report(evals, out, plots=tmp_path / "plots")
