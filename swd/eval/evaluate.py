@@ -17,7 +17,8 @@ set in batches, then compute against the held-out real images:
 
 The prompt sets: `emoji-heldout` cycles through the held-out emoji captions (concepts the models
 never trained on) in a fixed shuffled order, so that a small N still mixes styles and concepts;
-`shapes` takes the first N held-out shapes samples (categories in turn; cycled if N is larger).
+`shapes` takes held-out shapes samples one category at a time in turn (`balanced_order`; the
+held-out split, made by caption, is uneven and has no two-object captions), cycled if N is larger.
 Sampling draws all noise from one CPU generator seeded with `seed`, batch after batch, so a
 seed and a batch size give the same noise on every device (and the same images on the CPU).
 """
@@ -69,6 +70,18 @@ def _heldout(name: str, data_path: str | None):
     return load_shapes(data_path, split="heldout", progress=False)
 
 
+def balanced_order(categories: list[str]) -> list[int]:
+    """Indices that take one item of each category in turn (categories in first-seen order, items
+    in their order), skipping categories that ran out: any prefix is as balanced as it can be."""
+    groups: dict[str, list[int]] = {}
+    for index, category in enumerate(categories):
+        groups.setdefault(category, []).append(index)
+    order = []
+    for rank in range(max((len(g) for g in groups.values()), default=0)):
+        order += [g[rank] for g in groups.values() if rank < len(g)]
+    return order
+
+
 def load_prompts(name: str, n: int, data_path: str | Path | None = None) -> PromptSet:
     """N prompts of a prompt set, cycled, plus the held-out real images they are compared with."""
     if name not in PROMPT_SETS:
@@ -78,8 +91,8 @@ def load_prompts(name: str, n: int, data_path: str | Path | None = None) -> Prom
     held, all_samples = _heldout(name, None if data_path is None else str(data_path))
     if len(held) == 0:
         raise SwdError(f"prompts: the {name} set has no held-out images")
-    if all_samples is not None:  # shapes: categories already alternate
-        order = list(range(len(held)))
+    if all_samples is not None:  # shapes: one of each category in turn (the split is uneven)
+        order = balanced_order([sample.category for sample in all_samples])
     else:  # emoji: the file is sorted by style, then concept
         order = np.random.default_rng(0).permutation(len(held)).tolist()
     rows = [order[i % len(held)] for i in range(n)]

@@ -166,3 +166,27 @@ def test_swd_eval_without_subcommand_is_eval_run(tiny_model_dir, evaluator_dir, 
     short = json.loads((tmp_path / "short" / "metrics.json").read_text())
     long = json.loads((tmp_path / "long" / "metrics.json").read_text())
     assert short["metrics"] == long["metrics"] and short["n"] == 4
+
+
+def test_balanced_order_takes_categories_in_turn():
+    from swd.eval.evaluate import balanced_order
+
+    cats = ["a", "a", "a", "b", "c", "a", "c"]
+    order = balanced_order(cats)
+    assert order == [0, 3, 4, 1, 6, 2, 5]  # a b c, a c, a, a
+    assert sorted(order) == list(range(len(cats)))
+    assert balanced_order([]) == []
+
+
+@needs_emoji
+def test_shapes_prompts_are_balanced_over_the_held_out_categories():
+    from collections import Counter
+
+    from swd.data.shapes import load_shapes
+
+    _, held = load_shapes(split="heldout", progress=False)
+    sizes = Counter(s.category for s in held)
+    n = 10 * len(sizes)
+    assert min(sizes.values()) >= 10  # so that n prompts can hold 10 of each
+    counts = Counter(s.category for s in load_prompts("shapes", n).samples)
+    assert counts == {category: 10 for category in sizes}
