@@ -3,7 +3,9 @@
 # random-weight real-size SD3.5-L / SD3.5-M / FLUX-dev at 1024 px (latent 128), batch 1, bf16,
 # transformer only, teacher vs full-resolution few-step vs SwD, with one CUDA graph per latent
 # size and eagerly in the same run (the eager ratio is launch-bound, TESTBED.md), plus the
-# testbed students. Usage: bash scripts/gpu_latency.sh OUT_DIR   (about 5-8 minutes on an H100)
+# testbed students. The eager runs skip the teacher (--teacher-steps 0): they are there for the
+# SwD / full-resolution ratio only. Not run yet (no GPU so far); from the repo root, with `swd`
+# on PATH: bash scripts/gpu_latency.sh OUT_DIR
 set -euo pipefail
 out=${1:?usage: scripts/gpu_latency.sh OUT_DIR}
 mkdir -p "$out"

@@ -119,3 +119,18 @@ def test_build_in_a_dtype_creates_the_weights_in_it_and_restores_the_default(nam
     torch.manual_seed(0)
     b = ARCHS[name].build(dtype=torch.float32)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_build_restores_the_default_dtype_when_the_model_fails(monkeypatch):
+    import swd.models.configs as configs
+
+    def broken(family):
+        def make(**kwargs):
+            assert torch.get_default_dtype() == torch.bfloat16  # the build saw the asked dtype
+            raise ValueError("bad config")
+        return make
+
+    monkeypatch.setattr(configs, "transformer_class", broken)
+    with pytest.raises(ValueError, match="bad config"):
+        configs.ARCHS["tiny-sd3"].build(dtype=torch.bfloat16)
+    assert torch.get_default_dtype() == torch.float32

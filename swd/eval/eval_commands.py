@@ -17,7 +17,8 @@ from swd.errors import SwdError
 
 
 def register(subparsers) -> None:
-    ev = subparsers.add_parser("eval", help="train the evaluator network; sample and score a testbed model")
+    ev = subparsers.add_parser("eval", help="train the evaluator network; sample and score a testbed model",
+                               description="`swd eval --model M ...` is short for `swd eval run --model M ...`.")
     sub = ev.add_subparsers(dest="eval_command", metavar="{train-evaluator,run}")
     sub.required = True
 

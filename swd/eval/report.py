@@ -204,9 +204,11 @@ def plot_eval_curves(curves: dict[str, list[tuple[int, dict]]], path: Path, keys
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if "shapes" not in keys:
+        keys = (*keys, "shapes")  # the exact scorer's accuracy, when the runs were scored on shapes prompts
     keys = [k for k in keys if any(m.get(k) is not None for points in curves.values() for _, m in points)]
-    if "shapes" in {k for points in curves.values() for _, m in points for k in m}:
-        keys.append("shapes")  # the exact scorer's accuracy, when the runs were scored on shapes prompts
+    if not keys:
+        raise SwdError("--logs: the in-training evaluations hold none of fd, precision, recall, shapes")
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for label, points in curves.items():

@@ -30,7 +30,10 @@ class ArchSpec:
         """The diffusers transformer with random weights (pass device='meta' for no memory).
 
         `dtype` creates the weights in that type directly: FLUX-dev built in float32 and then cast
-        would need 48 + 24 GB at once, more than an 80 GB GPU holds beside the activations.
+        would need 48 + 24 GB at once, more than an 80 GB GPU holds beside the activations. It
+        sets torch's process-wide default dtype for the duration of the build (restored after,
+        also on errors), so do not build from several threads at once. Buffers that diffusers
+        creates as float32 explicitly (SD3's positional embedding) stay float32.
         """
         import contextlib
 

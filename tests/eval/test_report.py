@@ -91,3 +91,11 @@ def test_eval_curve_table_shows_shapes_accuracy_when_scored():
                               "emoji-run": [(0, {"fd": 70.0})]})
     assert "| run (FD (shapes accuracy) at step) | 0 | 26 |" in table
     assert "| shapes-run | 50.0 (0.25) | 45.2 (0.30) |" in table and "| emoji-run | 70.0 | - |" in table
+
+
+def test_eval_curve_plot_with_only_shapes_and_with_nothing(tmp_path):
+    from swd.eval.report import plot_eval_curves
+
+    assert plot_eval_curves({"r": [(0, {"shapes": 0.1}), (5, {"shapes": 0.2})]}, tmp_path / "a.png").is_file()
+    with pytest.raises(SwdError, match="none of"):
+        plot_eval_curves({"r": [(0, {"n_fake": 8})]}, tmp_path / "b.png")
