@@ -66,6 +66,10 @@ swd distill $C --set run_dir=runs/cpu-swdobj-full-4 --set schedule=testbed-full-
 swd distill --config configs/testbed/swd-shapes-cpu.yaml --set run_dir=runs/cpu-swd-shapes-4 &
 wait
 swd distill $C --set run_dir=runs/cpu-mmdonly-4 --set objective=mmd-only   # MMD alone, same 104 steps
+# Is DMD's collapse driven by the teacher's CFG in the real score? DMD-only at CFG 1 and 2.
+swd distill $C --set run_dir=runs/cpu-dmdonly-cfg1-4 --set objective=dmd-only --set losses.teacher_cfg=1.0 &
+swd distill $C --set run_dir=runs/cpu-dmdonly-cfg2-4 --set objective=dmd-only --set losses.teacher_cfg=2.0 &
+wait
 
 # 7. The table of docs/RESULTS.md (evals record transformer FLOPs per image since this session).
 R=docs/results/eval
@@ -80,12 +84,14 @@ $E --model swd/weights/emoji-student --out $R/07-mmd-only-4-shipped-234-steps
 $E --model runs/cpu-dmdonly-4/student --out $R/08-dmd-only-4
 $E --model swd/weights/emoji-teacher --schedule testbed-full-4 --out $R/09-undistilled-full-res-4
 $E --model swd/weights/emoji-teacher --schedule testbed-4 --out $R/10-undistilled-swd-4
-for run in cpu-swd-4 cpu-dmdonly-4 cpu-mmdonly-4 cpu-swd-6 cpu-dmd2full-4 cpu-swdobj-full-4 cpu-swd-shapes-4; do
+for run in cpu-swd-4 cpu-dmdonly-4 cpu-mmdonly-4 cpu-swd-6 cpu-dmd2full-4 cpu-swdobj-full-4 cpu-swd-shapes-4 \
+        cpu-dmdonly-cfg1-4 cpu-dmdonly-cfg2-4; do
     cp runs/$run/log.jsonl docs/results/logs/$run.jsonl
 done
 swd report --evals $R --out docs/RESULTS.md --logs swd-4=runs/cpu-swd-4/log.jsonl \
     dmd-only-4=runs/cpu-dmdonly-4/log.jsonl mmd-only-4=runs/cpu-mmdonly-4/log.jsonl swd-6=runs/cpu-swd-6/log.jsonl \
-    dmd2-full-res-4=runs/cpu-dmd2full-4/log.jsonl swd-objective-full-res-4=runs/cpu-swdobj-full-4/log.jsonl
+    dmd2-full-res-4=runs/cpu-dmd2full-4/log.jsonl swd-objective-full-res-4=runs/cpu-swdobj-full-4/log.jsonl \
+    dmd-only-cfg2-4=runs/cpu-dmdonly-cfg2-4/log.jsonl dmd-only-cfg1-4=runs/cpu-dmdonly-cfg1-4/log.jsonl
 rm -rf docs/results/eval-shapes
 S="swd eval run --prompts shapes --n 120 --seed 0 --threads 1 --no-progress"
 $S --model swd/weights/shapes-teacher --schedule teacher --out docs/results/eval-shapes/1-teacher-28-cfg
