@@ -86,6 +86,7 @@ def metrics_table(rows: list[dict]) -> str:
 def plot_quality_vs_cost(rows: list[dict], path: Path) -> Path:
     """FD against sampling time (and against transformer FLOPs when the evals counted them)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -95,17 +96,23 @@ def plot_quality_vs_cost(rows: list[dict], path: Path) -> Path:
     panels = [("ms", "sampling time per image (ms, log)", rows)]
     if with_flops:
         panels.append(("gflops", "transformer GFLOPs per image (log)", with_flops))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    markers_ = "os^Dv<>pPX*h"
+    style = {r["label"]: (f"C{i % 10}", markers_[i % len(markers_)]) for i, r in enumerate(rows)}  # same in both panels
     for ax, (kind, xlabel, subset) in zip(axes[0], panels):
         for r in subset:
             x = r["sampling_seconds_per_image"] * 1000 if kind == "ms" else r["flops_per_image"] / 1e9
-            y = r["metrics"]["fd"]
-            ax.scatter([x], [y])
-            ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            color, marker = style[r["label"]]
+            ax.scatter([x], [r["metrics"]["fd"]], color=color, marker=marker, s=36, label=r["label"])
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # log minor labels collide
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xlabel(xlabel)
         ax.set_ylabel("FD in the evaluator's feature space (lower is better)")
         ax.grid(alpha=0.3)
+    # One legend beside the panels: labels next to clustered points would overlap.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     devices = sorted({str(r.get("device", "cpu")).split(":")[0] for r in rows})
     fig.suptitle(f"Quality against cost ({', '.join(devices)} timings)", fontsize=10)
     return _save(fig, path)
@@ -140,7 +147,7 @@ def _save(fig, path: Path) -> Path:
 
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # keeps a legend placed outside the axes
     plt.close(fig)
     return path
 
@@ -218,7 +225,9 @@ def plot_eval_curves(curves: dict[str, list[tuple[int, dict]]], path: Path, keys
         ax.set_title({"fd": "held-out FD (lower is better)", "shapes": "shapes accuracy"}.get(key, key))
         ax.set_xlabel("generator step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    # One legend beside the panels: inside them it would cover the lines.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     return _save(fig, path)
 
 
