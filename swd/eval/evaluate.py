@@ -38,7 +38,8 @@ import torch
 
 from swd.errors import SwdError
 
-PROMPT_SETS = ("emoji-heldout", "shapes")
+PROMPT_DATA = {"emoji-heldout": "emoji", "shapes": "shapes"}  # prompt set -> the data it holds out
+PROMPT_SETS = tuple(PROMPT_DATA)
 TEACHER = "teacher"
 MODEL_SCHEDULE = "model"  # the schedule.yaml saved inside the model folder
 DEFAULT_TEXT_TOKENS = 16  # the testbed recipes' data.text_tokens
@@ -98,7 +99,7 @@ def load_prompts(name: str, n: int, data_path: str | Path | None = None) -> Prom
     rows = [order[i % len(held)] for i in range(n)]
     samples = [all_samples[i] for i in rows] if all_samples is not None else None
     captions = [held.captions[i] for i in rows]
-    return PromptSet(name, "emoji" if name == "emoji-heldout" else "shapes", captions, samples,
+    return PromptSet(name, PROMPT_DATA[name], captions, samples,
                      held.tensors(), held.captions)
 
 
@@ -241,6 +242,7 @@ class Reference:
     features: torch.Tensor  # (M, 256) FD / precision-recall features
     embeds: torch.Tensor  # (M, D) joint image embeddings
     text_alignment_real: float  # the real images' own image-caption alignment, for scale
+    caption_text: torch.Tensor  # (N, D) joint text embeddings of the prompts the samples were made from
 
 
 @torch.no_grad()
@@ -248,11 +250,13 @@ def reference_for(prompts: PromptSet, evaluator) -> Reference:
     from swd.eval.evaluator import extract
     from swd.eval.metrics import text_alignment
 
+    def text_embeds(captions: list[str]) -> torch.Tensor:
+        pooled = encode_pooled_rows(captions, evaluator.cfg.text_max_length, prompts.real_captions)
+        return evaluator.text_embed(pooled.to(evaluator.device)).cpu()
+
     features, embeds = extract(evaluator, prompts.real_images, what="both")
-    text_max = evaluator.cfg.text_max_length
-    pool = prompts.real_captions
-    real_text = evaluator.text_embed(encode_pooled_rows(prompts.real_captions, text_max, pool).to(evaluator.device)).cpu()
-    return Reference(features, embeds, text_alignment(embeds, real_text))
+    return Reference(features, embeds, text_alignment(embeds, text_embeds(prompts.real_captions)),
+                     text_embeds(prompts.captions))
 
 
 def evaluator_for(prompts: PromptSet):
@@ -286,15 +290,12 @@ def score_samples(images: torch.Tensor, prompts: PromptSet, evaluator=None, seed
     if reference is None:
         reference = reference_for(prompts, evaluator)
     fake_f, fake_e = extract(evaluator, images, what="both")
-    text_max = evaluator.cfg.text_max_length
-    text = evaluator.text_embed(encode_pooled_rows(prompts.captions, text_max, prompts.real_captions)
-                                .to(evaluator.device)).cpu()
     result: dict[str, Any] = {
         "evaluator": evaluator.cfg.data,
         "n_fake": len(images),
         "n_real": len(prompts.real_images),
         "fd": frechet_distance(reference.features, fake_f) if len(images) >= 2 else None,
-        "text_alignment": text_alignment(fake_e, text),
+        "text_alignment": text_alignment(fake_e, reference.caption_text),
         "text_alignment_real": reference.text_alignment_real,
     }
     if len(images) > 3:

@@ -475,7 +475,9 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
     if tc.eval_every < 0 or tc.eval_n < 4:
         raise SwdError(f"train.eval_every / eval_n: need eval_every >= 0 and eval_n >= 4 (precision and recall "
                        f"use 3 neighbours), got {tc.eval_every}, {tc.eval_n}")
-    eval_prompts = {"emoji": "emoji-heldout", "shapes": "shapes"}.get(cfg.data.name)
+    from swd.eval.evaluate import PROMPT_DATA
+
+    eval_prompts = next((name for name, data in PROMPT_DATA.items() if data == cfg.data.name), None)
     if tc.eval_every > 0 and (spec is not None or eval_prompts is None):
         raise SwdError(f"train.eval_every: in-training evaluation scores the pixel-space testbed on its held-out "
                        f"prompts (data emoji or shapes), not arch {cfg.model.arch} with data {cfg.data.name}; set it to 0")
