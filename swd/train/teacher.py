@@ -1,9 +1,11 @@
-"""Teacher pretraining on the testbed: rectified flow on a small pixel-space MMDiT.
+"""Teacher pretraining on the testbed: rectified flow on a small pixel-space MMDiT or UNet.
 
 The loop reads top to bottom: pick this step's scale, draw a batch, noise it, regress the
 velocity, clip, step, update the EMA, then log, sample and checkpoint at their intervals. The
 teacher is trained at every scale the testbed schedules use (32 to 64 px by default), because a
 scale-wise student's low-resolution steps are distilled from the teacher at those sizes.
+`model.arch` picks the network (swd.models.testbed.TESTBED_ARCHS); the loop talks to it only
+through its adapter, so it never branches on the architecture.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -22,8 +25,8 @@ from tqdm.auto import tqdm
 from swd.config import dump_config, to_dict
 from swd.errors import SwdError
 from swd.images import save_grid
-from swd.models import SD3Adapter
-from swd.models.testbed import MMDiTConfig, build_testbed_transformer
+from swd.models import adapter_for
+from swd.models.testbed import MMDiTConfig, UNetConfig, build_testbed_model, resolve_model_config
 from swd.sampling import add_noise, guided, make_generator, sample_teacher
 from swd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from swd.train.common import (
@@ -78,9 +81,14 @@ class TeacherDataConfig:
 class TeacherConfig:
     run_dir: str = "runs/teacher"
     data: TeacherDataConfig = field(default_factory=TeacherDataConfig)
-    model: MMDiTConfig = field(default_factory=MMDiTConfig)
+    # MMDiTConfig | UNetConfig, chosen by `model.arch` (absent: mmdit); resolved in __post_init__
+    # because the YAML loader cannot pick a dataclass by a key's value.
+    model: Any = field(default_factory=MMDiTConfig)
     train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
     sample: TeacherSampleConfig = field(default_factory=TeacherSampleConfig)
+
+    def __post_init__(self):
+        self.model: MMDiTConfig | UNetConfig = resolve_model_config(self.model)
 
 
 def sample_logit_normal(batch: int, mean: float, std: float, device) -> torch.Tensor:
@@ -109,8 +117,11 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False, data: CaptionedData 
     """Train (or resume) a teacher; returns the exported EMA model folder. `data` overrides loading."""
     run = Path(cfg.run_dir)
     tc = cfg.train
-    if any(s % cfg.model.patch_size or s > cfg.model.sample_size for s in tc.scales):
-        raise SwdError(f"train.scales: each must be a multiple of the patch size {cfg.model.patch_size} "
+    torch.manual_seed(tc.seed)  # before the build: the initial weights are part of the run
+    model = build_testbed_model(cfg.model)
+    multiple = adapter_for(model).patch_size  # UNet: its total downsampling factor
+    if any(s % multiple or s > cfg.model.sample_size for s in tc.scales):
+        raise SwdError(f"train.scales: each must be a multiple of the model's patch size {multiple} "
                        f"and at most {cfg.model.sample_size}, got {tc.scales}")
     ckpt_dir = run / "checkpoints"
     if not resume and latest_checkpoint(ckpt_dir) is not None:
@@ -118,16 +129,15 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False, data: CaptionedData 
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(dump_config(cfg))
     device = pick_device(tc.device)
-    torch.manual_seed(tc.seed)
 
     if data is None:
         data = load_testbed_data(cfg.data.name, cfg.data.path or None, cfg.data.text_tokens)
     images = data.train_images  # (N, 3, S, S) in [-1, 1], on the CPU
     print(f"data: {len(images)} training images, {len(data.heldout_captions)} held-out prompts; device {device}")
 
-    model = build_testbed_transformer(cfg.model).to(device)
+    model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
-    adapter, ema_adapter = SD3Adapter(model), SD3Adapter(ema)
+    adapter, ema_adapter = adapter_for(model), adapter_for(ema)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters")
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)

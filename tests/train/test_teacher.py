@@ -1,10 +1,11 @@
 import json
+import math
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from swd.config import from_dict
+from swd.config import from_dict, to_dict
 from swd.errors import SwdError
 from swd.train.checkpoint import list_checkpoints
 from swd.train.common import CaptionedData
@@ -97,3 +98,44 @@ def test_export_command_writes_the_chosen_weights(tmp_path, capsys):
     assert saved.keys() == ckpt.keys() and all(torch.equal(saved[k], ckpt[k]) for k in saved)
     assert main(["export", "--checkpoint", str(tmp_path), "--out", str(out)]) == 2
     assert "neither a checkpoint folder" in capsys.readouterr().err
+
+
+def tiny_unet_config(run_dir, steps):
+    cfg = tiny_config(run_dir, steps)
+    return from_dict(TeacherConfig, {
+        **to_dict(cfg),
+        "model": {"arch": "unet", "sample_size": 16, "block_out_channels": [8, 16],
+                  "cross_attention": [False, True], "head_dim": 8, "norm_num_groups": 4},
+    })
+
+
+def test_unet_teacher_trains_resumes_and_exports(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    data = synthetic_data()
+    straight = train_teacher(tiny_unet_config(tmp_path / "u", 3), data=data)
+    train_teacher(tiny_unet_config(tmp_path / "v", 2), data=data)
+    resumed = train_teacher(tiny_unet_config(tmp_path / "v", 3), resume=True, data=data)
+    a = load_file(str(straight / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(resumed / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert type(UNet2DConditionModel.from_pretrained(straight)).__name__ == "UNet2DConditionModel"
+    # the saved config reloads as a UNet config, arch included
+    meta = json.loads((list_checkpoints(tmp_path / "u" / "checkpoints")[-1] / "meta.json").read_text())
+    assert type(from_dict(TeacherConfig, meta["config"]).model).__name__ == "UNetConfig"
+    losses = [json.loads(l)["loss"] for l in (tmp_path / "u" / "log.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and all(math.isfinite(l) for l in losses)
+
+
+def test_unet_scales_must_divide_its_downsampling_factor(tmp_path):
+    cfg = tiny_unet_config(tmp_path / "w", 2)
+    cfg.train.scales = [9]
+    with pytest.raises(SwdError, match="patch size 2"):
+        train_teacher(cfg, data=synthetic_data())
+
+
+def test_configs_without_arch_still_build_the_mmdit():
+    cfg = from_dict(TeacherConfig, {"model": {"sample_size": 16, "patch_size": 2}})
+    assert type(cfg.model).__name__ == "MMDiTConfig" and "arch" not in to_dict(cfg)["model"]
+    with pytest.raises(SwdError, match="model.arch"):
+        from_dict(TeacherConfig, {"model": {"arch": "resnet"}})
