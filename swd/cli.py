@@ -1,6 +1,8 @@
 """The `swd` command. Each command group lives beside the code it drives and registers itself.
 
-A user mistake (SwdError) prints one line and exits with status 2; no traceback.
+A user mistake (SwdError) prints one line and exits with status 2; no traceback. So do other
+failures a user can cause (I/O errors, corrupt files, too little memory: `expected_failure`);
+any other exception is a bug: its traceback is shown, with a line asking to report it (status 1).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import importlib
 import json
 import os
 import sys
+import traceback
 
 from swd.errors import SwdError
 
@@ -89,14 +92,61 @@ def main(argv=None) -> int:
     try:
         return int(args.func(args) or 0)
     except SwdError as err:
-        print(f"swd: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(str(err))
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("swd: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stdout = open(os.devnull, "w")
         return 0
+    except Exception as err:
+        message = expected_failure(err)
+        if message is not None:
+            return _fail(message)
+        _close_progress_bars()
+        traceback.print_exc()
+        print("swd: internal error: this is a bug in swd; please report it with the command and the "
+              "traceback above", file=sys.stderr)
+        return 1
+
+
+def _fail(message: str) -> int:
+    _close_progress_bars()
+    print(f"swd: error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message held
+    return 2
+
+
+def _close_progress_bars() -> None:
+    """Close live tqdm bars first: closed later, by the garbage collector, they print after the error."""
+    tqdm_cls = getattr(sys.modules.get("tqdm.std"), "tqdm", None)
+    for bar in list(getattr(tqdm_cls, "_instances", ())):
+        bar.close()
+
+
+def expected_failure(err: BaseException) -> str | None:
+    """One line for a failure a user can cause (I/O, a corrupt or undecodable file, too little
+    memory); None for anything else, which is a bug and keeps its traceback."""
+    from swd.train.validation import is_out_of_memory
+
+    if is_out_of_memory(err):
+        detail = str(err).strip().splitlines()[-1][:200] if str(err).strip() else type(err).__name__
+        return f"out of memory ({detail}); ask for fewer images or a smaller batch"
+    if isinstance(err, OSError):
+        text = str(err).strip()
+        reason = err.strerror or (text.splitlines()[0] if text else type(err).__name__)
+        return f"{err.filename}: {reason}" if err.filename is not None else reason
+    if isinstance(err, UnicodeDecodeError):
+        return f"an input file is not UTF-8 text ({err.reason} at byte {err.start})"
+    if isinstance(err, json.JSONDecodeError):
+        return f"an input file is not valid JSON ({err.msg} at line {err.lineno})"
+    safetensors_error = getattr(sys.modules.get("safetensors"), "SafetensorError", None)
+    if safetensors_error is not None and isinstance(err, safetensors_error):
+        return f"a .safetensors file is corrupt or truncated ({err})"
+    yaml_error = getattr(sys.modules.get("yaml"), "YAMLError", None)
+    if yaml_error is not None and isinstance(err, yaml_error):
+        return f"an input file is not valid YAML ({str(err).splitlines()[0] if str(err) else 'parse error'})"
+    return None
 
 
 if __name__ == "__main__":

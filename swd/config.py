@@ -7,6 +7,7 @@ overrides parse the value as YAML. The resolved config is saved beside each run.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -17,6 +18,9 @@ import yaml
 from swd.errors import SwdError
 
 T = TypeVar("T")
+
+# Decimal numbers with an exponent that YAML 1.1 leaves as strings: 1e-3, 5E4, -2e+2.
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _type_name(tp) -> str:
@@ -68,6 +72,8 @@ def _coerce(value: Any, tp, where: str) -> Any:
             raise SwdError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            return float(value)  # PyYAML (YAML 1.1) reads 1e-3, without a dot, as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SwdError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -128,10 +134,16 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
     data: dict = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise SwdError(f"config: {path} is a folder; give a YAML file")
         if not path.is_file():
             raise SwdError(f"config: {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as err:
+            raise SwdError(f"config: {path} is not UTF-8 text (byte {err.start})") from None
+        except OSError as err:
+            raise SwdError(f"config: cannot read {path} ({err.strerror or err})") from None
         except yaml.YAMLError as err:
             line = str(err).splitlines()[0] if str(err) else "parse error"
             raise SwdError(f"config: {path} is not valid YAML ({line})") from None

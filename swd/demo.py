@@ -12,6 +12,15 @@ from pathlib import Path
 import torch
 
 from swd.errors import SwdError
+from swd.train.validation import (
+    check_fits_memory,
+    check_float,
+    check_int,
+    check_seed,
+    check_model_folder,
+    check_output_file,
+    load_pretrained,
+)
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 DEFAULT_TEACHER = WEIGHTS / "emoji-teacher"
@@ -30,16 +39,14 @@ DEMO_PROMPTS = [
 ]
 
 
-def load_model(path: str | Path):
+def load_model(path: str | Path, where: str = "--model"):
     """A saved testbed transformer (diffusers folder) and the schedule saved beside it, if any."""
     from diffusers import SD3Transformer2DModel
 
     from swd.schedules import ScaleSchedule
 
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise SwdError(f"model: {path} is not a saved diffusers model folder (no config.json)")
-    model = SD3Transformer2DModel.from_pretrained(path).eval()
+    path = check_model_folder(path, where)  # a pixel-space SD3 folder with safetensors, before diffusers sees it
+    model = load_pretrained(SD3Transformer2DModel, path, where).eval()
     schedule = ScaleSchedule.load(path / "schedule.yaml") if (path / "schedule.yaml").is_file() else None
     return model, schedule
 
@@ -85,12 +92,14 @@ def generate(model, schedule_name: str, cond, uncond, seed: int, guidance: float
 def _cmd_sample(args) -> int:
     from swd.images import save_grid
 
-    from swd.sampling import make_generator
-
-    if args.n < 1:
-        raise SwdError(f"--n: must be at least 1, got {args.n}")
-    make_generator(args.seed)  # validates the seed before any loading
+    # Checked in the command, not by argparse types, so that main() returns 2 in-process.
+    check_int(args.n, "--n", 1)
+    check_int(args.steps, "--steps", 1)
+    check_seed(args.seed, "--seed")
+    check_float(args.guidance, "--guidance", 0.0)  # argparse's float takes nan and inf
+    check_output_file(args.out, "--out")
     model, saved = load_model(args.model)
+    _check_grid_memory(len(args.prompt) * args.n, model.config.sample_size, "--n")
     schedule = args.schedule or ("saved" if saved is not None else "teacher")
     cond, uncond = encode_prompts([p for p in args.prompt for _ in range(args.n)])
     start = time.perf_counter()
@@ -104,13 +113,15 @@ def _cmd_sample(args) -> int:
 def _cmd_demo(args) -> int:
     from swd.images import save_grid
 
-    from swd.sampling import make_generator
-
-    make_generator(args.seed)
+    check_seed(args.seed, "--seed")
+    check_float(args.guidance, "--guidance", 0.0)
     if not 1 <= args.n <= len(DEMO_PROMPTS):
         raise SwdError(f"--n: must be between 1 and {len(DEMO_PROMPTS)}, got {args.n}")
-    teacher, _ = load_model(args.teacher)
-    student, schedule = load_model(args.student)
+    check_output_file(args.out, "--out")
+    teacher, _ = load_model(args.teacher, "--teacher")
+    student, schedule = load_model(args.student, "--student")
+    if schedule is None:
+        raise SwdError(f"--student: {args.student} has no schedule.yaml (a distilled student folder has one)")
     prompts = DEMO_PROMPTS[: args.n]
     cond, uncond = encode_prompts(prompts)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -135,6 +146,13 @@ def _cmd_demo(args) -> int:
           f"({timings['student'] / n * 1000:.0f} ms/image); speed-up {timings['teacher'] / timings['student']:.1f}x")
     print(f"grid: {args.out} (top row teacher, bottom row student)")
     return 0
+
+
+def _check_grid_memory(images: int, size: int, where: str) -> None:
+    """All images are sampled in one batch and pasted into one grid: refuse sizes that cannot fit."""
+    # float32 images, a few same-sized sampler buffers, and the 2x-upscaled RGB grid canvas
+    per_image = 3 * size * size * 4 * 6 + 3 * (2 * size + 4) ** 2
+    check_fits_memory(images * per_image, where, f"{images} images of {size} px in one grid")
 
 
 def _first(cond):

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import zipfile
 from pathlib import Path
 
 from swd.errors import SwdError
+from swd.train.validation import check_output_file, check_output_folder, check_seed
 
 DATASETS = ("emoji", "shapes")
 
@@ -61,11 +63,21 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def build_command(args: argparse.Namespace) -> int:
     """Build one dataset and print where it went and what it holds."""
+    if args.out is not None:
+        out = Path(args.out)
+        if out.suffix == ".npz":
+            check_output_file(out, "--out", (".npz",))
+        else:
+            check_output_folder(out, "--out")
+    if args.seed is not None and args.name == "shapes":
+        check_seed(args.seed, "--seed")
     if args.name == "emoji":
         from swd.data.emoji import build_emoji
 
         if args.seed is not None:
             raise SwdError("--seed: the emoji set is rendered deterministically and takes no seed")
+        if args.n is not None and args.n < 1:
+            raise SwdError(f"--n: must be a positive number of concepts, got {args.n}")
         path = build_emoji(args.out, limit=args.n)
     else:
         from swd.data.shapes import DEFAULT_N, build_shapes
@@ -102,9 +114,16 @@ def _locate(args: argparse.Namespace) -> Path:
 def _print_summary(path: Path) -> int:
     from swd.data import read_manifest
 
+    if path.is_dir():
+        raise SwdError(f"name: {path} is a folder, not a dataset .npz file")
     if not path.is_file():
         raise SwdError(f"name: no dataset at {path}; build it with `swd data build`")
-    summary = read_manifest(path)["summary"]
+    try:
+        summary = read_manifest(path)["summary"]
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
+        # np.load of a torn or foreign file fails in many ways; none is a bug of ours
+        raise SwdError(f"name: {path} is not a readable swd dataset ({type(err).__name__}: "
+                       f"{str(err).splitlines()[0][:160] if str(err) else 'no detail'})") from None
     print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
     for key, value in summary.items():
         print(f"  {key}: {json.dumps(value, ensure_ascii=False)}")

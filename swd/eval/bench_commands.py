@@ -44,8 +44,6 @@ def _cmd_flops(args) -> int:
     if not schedule:
         raise SwdError(f"--schedule: arch {arch.name!r} has no default schedule; pass a preset name or a file")
     schedule = resolve_schedule(schedule)
-    if args.teacher_steps < 1:
-        raise SwdError(f"--teacher-steps: must be >= 1, got {args.teacher_steps}")
     check_schedule_fits(arch, schedule)  # builds the meta model (cached for the count)
     print(f"swd: counting transformer FLOPs of {arch.name} on the meta device "
           f"({len(set(schedule.scales))} latent sizes)...", file=sys.stderr, flush=True)
@@ -60,12 +58,13 @@ def _cmd_flops(args) -> int:
 
 def _configure_flops(p: argparse.ArgumentParser) -> None:
     from swd.models.configs import ARCHS
+    from swd.train.validation import arg_int_at_least
 
     p.add_argument("--arch", required=True, metavar="ARCH",
                    help=f"model architecture, built on the meta device: {', '.join(ARCHS)}")
     p.add_argument("--schedule", default=None, metavar="NAME|PATH",
                    help="scale-schedule preset or YAML/JSON file (default: the arch's default schedule)")
-    p.add_argument("--teacher-steps", type=int, default=TEACHER_STEPS_DEFAULT, metavar="N",
+    p.add_argument("--teacher-steps", type=arg_int_at_least(1), default=TEACHER_STEPS_DEFAULT, metavar="N",
                    help=f"teacher sampling steps (default {TEACHER_STEPS_DEFAULT})")
     p.add_argument("--teacher-cfg", action=argparse.BooleanOptionalAction, default=None,
                    help="count the teacher with CFG, 2 forwards per step (default: from the arch: "

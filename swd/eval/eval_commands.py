@@ -14,6 +14,17 @@ import shlex
 import sys
 
 from swd.errors import SwdError
+from swd.train.validation import (
+    arg_finite,
+    arg_int_at_least,
+    arg_seed,
+    check_device,
+    check_fits_memory,
+    check_input_file,
+    check_model_folder,
+    check_output_folder,
+    read_json,
+)
 
 
 def register(subparsers) -> None:
@@ -24,11 +35,12 @@ def register(subparsers) -> None:
 
     tr = sub.add_parser("train-evaluator", help="train the image/text evaluator on a testbed training split")
     tr.add_argument("--data", default="emoji", choices=("emoji", "shapes"))
-    tr.add_argument("--steps", type=int, default=None, help="optimizer steps (default 750)")
-    tr.add_argument("--batch-size", type=int, default=None, help="images per step (default 128)")
-    tr.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default 2e-3)")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: leave torch's default)")
+    tr.add_argument("--steps", type=arg_int_at_least(1), default=None, help="optimizer steps (default 750)")
+    tr.add_argument("--batch-size", type=arg_int_at_least(1), default=None, help="images per step (default 128)")
+    tr.add_argument("--lr", type=arg_finite(0.0, lo_open=True), default=None,
+                    help="peak AdamW learning rate (default 2e-3)")
+    tr.add_argument("--seed", type=arg_seed, default=0)
+    tr.add_argument("--threads", type=arg_int_at_least(0), default=2, help="torch CPU threads (0: leave torch's default)")
     tr.add_argument("--out", default=None, help="output folder (default: the shipped swd/eval/weights/evaluator-DATA)")
     tr.add_argument("--no-progress", action="store_true")
     tr.set_defaults(func=_cmd_train_evaluator)
@@ -39,14 +51,14 @@ def register(subparsers) -> None:
                      help="'model' (the folder's schedule.yaml, default), a preset, a schedule file, or 'teacher'")
     run.add_argument("--prompts", default="emoji-heldout", choices=("emoji-heldout", "shapes"))
     run.add_argument("--n", type=int, default=64, help="images to sample")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--batch-size", type=int, default=32)
-    run.add_argument("--teacher-steps", type=int, default=28, help="Euler steps with --schedule teacher")
-    run.add_argument("--guidance", type=float, default=4.5, help="CFG scale with --schedule teacher")
-    run.add_argument("--text-tokens", type=int, default=None,
+    run.add_argument("--seed", type=arg_seed, default=0)
+    run.add_argument("--batch-size", type=arg_int_at_least(1), default=32)
+    run.add_argument("--teacher-steps", type=arg_int_at_least(1), default=28, help="Euler steps with --schedule teacher")
+    run.add_argument("--guidance", type=arg_finite(0.0), default=4.5, help="CFG scale with --schedule teacher")
+    run.add_argument("--text-tokens", type=arg_int_at_least(2), default=None,
                      help="MiniLM tokens the model was trained with (default: its run's config.yaml, else 16)")
     run.add_argument("--device", default="auto")
-    run.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: leave torch's default)")
+    run.add_argument("--threads", type=arg_int_at_least(0), default=2, help="torch CPU threads (0: leave torch's default)")
     run.add_argument("--evaluator", default=None, help="evaluator folder (default: the shipped one)")
     run.add_argument("--data-path", default=None, help="dataset file (default: the cache's)")
     run.add_argument("--out", default=None, help="folder for metrics.json and samples.png")
@@ -66,6 +78,8 @@ def _set_threads(n: int) -> None:
 def _cmd_train_evaluator(args) -> int:
     from swd.eval.evaluator import TrainSettings, train_evaluator
 
+    if args.out is not None:
+        check_output_folder(args.out, "--out")
     _set_threads(args.threads)
     settings = TrainSettings(data=args.data, seed=args.seed, threads=args.threads)
     for field in ("steps", "batch_size", "lr"):
@@ -81,9 +95,20 @@ def _cmd_run(args) -> int:
     from swd.eval.evaluate import evaluate_model
     from swd.eval.evaluator import load_evaluator
 
-    _set_threads(args.threads)
+    # Everything a user gives is checked before the model loads and sampling starts.
     if args.n < 1:
         raise SwdError(f"--n: must be a positive number of images, got {args.n}")
+    check_device(args.device, "--device")
+    check_model_folder(args.model, "--model", what="saved model folder")
+    if args.out is not None:
+        check_output_folder(args.out, "--out")
+    if args.data_path is not None:
+        check_input_file(args.data_path, "--data-path")
+    # The run keeps every sample in memory (float32, 64 px) for scoring.
+    check_fits_memory(args.n * 3 * 64 * 64 * 4 * 4, "--n", f"{args.n} images kept for scoring")
+    _set_threads(args.threads)
+    if args.evaluator:
+        _check_evaluator_folder(args.evaluator)
     evaluator = load_evaluator(args.evaluator) if args.evaluator else None
     result = evaluate_model(
         args.model, schedule=args.schedule, prompts=args.prompts, n=args.n, seed=args.seed,
@@ -102,3 +127,12 @@ def _cmd_run(args) -> int:
     if args.out:
         print(f"wrote {args.out}/metrics.json and {args.out}/samples.png")
     return 0
+
+
+def _check_evaluator_folder(folder: str) -> None:
+    """load_evaluator reads config.json with no word of which file failed; read it here first."""
+    from pathlib import Path
+
+    config = Path(folder) / "config.json"
+    if Path(folder).is_dir() and config.is_file():
+        read_json(config, "--evaluator")

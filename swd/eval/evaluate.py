@@ -107,16 +107,13 @@ def load_model(model: str | Path | torch.nn.Module) -> tuple[torch.nn.Module, Pa
     """A testbed SD3 transformer from a `save_pretrained` folder (or the module itself)."""
     if isinstance(model, torch.nn.Module):
         return model, None
-    folder = Path(model)
-    if not (folder / "config.json").is_file():
-        raise SwdError(f"model: {folder} is not a saved model folder (no config.json)")
     from diffusers import SD3Transformer2DModel
 
-    try:
-        transformer = SD3Transformer2DModel.from_pretrained(folder)
-    except (OSError, ValueError, KeyError) as err:
-        raise SwdError(f"model: cannot load an SD3 transformer from {folder} ({str(err).splitlines()[0]})") from None
-    return transformer, folder
+    from swd.train.validation import check_model_folder, load_pretrained
+
+    # The class, the pixel channels and safetensors-only weights are checked before diffusers loads.
+    folder = check_model_folder(model, "model", what="saved model folder")
+    return load_pretrained(SD3Transformer2DModel, folder, "model"), folder
 
 
 def resolve_eval_schedule(spec: str | None, folder: Path | None):

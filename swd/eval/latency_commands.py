@@ -8,6 +8,7 @@ import sys
 
 from swd.errors import SwdError
 from swd.eval.bench_commands import add_bench_subcommand
+from swd.train.validation import arg_finite, arg_int_at_least, check_device
 
 REAL_ARCHS = ("sd35-large", "sd35-medium", "flux-dev")
 
@@ -23,8 +24,7 @@ def _cmd_latency(args) -> int:
 
     if (args.arch is None) == (args.model is None):
         raise SwdError("give exactly one of --arch (random weights of a real config) or --model (a saved testbed model)")
-    if args.batch < 1:
-        raise SwdError(f"--batch: must be >= 1, got {args.batch}")
+    check_device(args.device, "--device")
     device = pick_device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     if args.arch is not None:
@@ -46,7 +46,7 @@ def _cmd_latency(args) -> int:
     else:
         from swd.demo import encode_prompts, load_model
 
-        model, saved = load_model(args.model)
+        model, saved = load_model(args.model)  # checks the folder: pixel-space SD3, safetensors
         # nn.Module.to: diffusers' own .to warns about fp32-kept modules (SD3 has none).
         model = torch.nn.Module.to(model, device, dtype)
         adapter = adapter_for(model)
@@ -73,15 +73,15 @@ def _configure_latency(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default=None, help=f"random-weight real config: {', '.join(REAL_ARCHS)} (GPU)")
     p.add_argument("--model", default=None, help="saved testbed model folder (CPU or GPU)")
     p.add_argument("--schedules", default=None, help="comma-separated presets/files (default: the arch's or model's)")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=arg_int_at_least(1), default=1)
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="fp32")
     p.add_argument("--device", default="auto")
-    p.add_argument("--teacher-steps", type=int, default=28, help="0 skips the teacher")
-    p.add_argument("--teacher-cfg", type=float, default=None, help="teacher guidance (default: the arch's)")
+    p.add_argument("--teacher-steps", type=arg_int_at_least(0), default=28, help="0 skips the teacher")
+    p.add_argument("--teacher-cfg", type=arg_finite(0.0), default=None, help="teacher guidance (default: the arch's)")
     p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="one CUDA graph per latent size (GPU only)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=arg_int_at_least(0), default=2)
+    p.add_argument("--repeats", type=arg_int_at_least(1), default=5)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_latency)
 

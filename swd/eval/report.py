@@ -32,12 +32,43 @@ def load_evals(folder: str | Path) -> list[dict]:
         raise SwdError(f"--evals: {folder} is not a folder")
     rows = []
     for path in sorted(folder.glob("*/metrics.json")):
-        data = json.loads(path.read_text())
+        data = _read_metrics(path)
         data["label"] = path.parent.name
         rows.append(data)
     if not rows:
         raise SwdError(f"--evals: no */metrics.json under {folder}")
     return rows
+
+
+def _read_metrics(path: Path) -> dict:
+    """One `swd eval run` metrics.json, with the fields the table and plots read checked up front."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SwdError(f"--evals: {path} is not UTF-8 text") from None
+    except json.JSONDecodeError as err:
+        raise SwdError(f"--evals: {path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    except OSError as err:
+        raise SwdError(f"--evals: cannot read {path} ({err.strerror or err})") from None
+    if not isinstance(data, dict):
+        raise SwdError(f"--evals: {path} does not hold a JSON object (is it a `swd eval run` metrics.json?)")
+    if not isinstance(data.get("metrics"), dict):
+        raise SwdError(f"--evals: {path} has no 'metrics' object (is it a `swd eval run` metrics.json?)")
+    seconds = data.get("sampling_seconds_per_image")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise SwdError(f"--evals: {path}: 'sampling_seconds_per_image' must be a number, got {seconds!r}")
+    schedule = data.get("schedule")
+    scales_ok = isinstance(schedule, dict) and isinstance(schedule.get("scales"), list) and schedule["scales"] and all(
+        isinstance(s, (list, tuple)) and s for s in schedule["scales"])
+    if schedule != "teacher" and not data.get("teacher_steps") and not scales_ok:
+        raise SwdError(f"--evals: {path}: 'schedule' must be 'teacher' or an object with a list of scales")
+    fd = data["metrics"].get("fd")
+    if fd is not None and (isinstance(fd, bool) or not isinstance(fd, (int, float))):
+        raise SwdError(f"--evals: {path}: 'metrics.fd' must be a number or null, got {fd!r}")
+    flops = data.get("flops_per_image")
+    if flops is not None and (isinstance(flops, bool) or not isinstance(flops, (int, float))):
+        raise SwdError(f"--evals: {path}: 'flops_per_image' must be a number or null, got {flops!r}")
+    return data
 
 
 def _steps(row: dict) -> str:

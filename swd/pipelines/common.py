@@ -167,6 +167,12 @@ def _describe(value) -> str:
 class ScaleWisePipelineMixin:
     """Sampling and decoding for a pipeline with `transformer`, `vae` and `image_processor`."""
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # Safetensors only: without it diffusers falls back to torch.load of a pickled .bin.
+        kwargs.setdefault("use_safetensors", True)
+        return super().from_pretrained(*args, **kwargs)
+
     def _condition(self, prompt_embeds, pooled, num_images_per_prompt: int, device, dtype) -> TextCondition:
         cond = TextCondition(prompt_embeds.to(device, dtype), pooled.to(device, dtype))
         return cond.repeat(num_images_per_prompt)

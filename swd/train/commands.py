@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from swd.config import dump_config, load_config
+from swd.train.validation import check_distill_config, check_model_folder, check_output_folder, check_teacher_config
 
 
 def _cmd_train_teacher(args) -> int:
     from swd.train.teacher import TeacherConfig, train_teacher
 
     cfg = load_config(TeacherConfig, args.config, args.set)
+    # Checked here, before any folder or file is made; a dry run skips the checkpoint-vs-resume check.
+    check_teacher_config(cfg, resume=None if args.dry_run else args.resume)
     if args.dry_run:
         print(dump_config(cfg), end="")
         return 0
@@ -38,6 +41,7 @@ def _cmd_distill(args) -> int:
     from swd.train.distill import DistillConfig, objective_weights, resolve_config, train_distill, training_schedule
 
     cfg = load_config(DistillConfig, args.config, args.set)
+    check_distill_config(cfg, resume=None if args.dry_run else args.resume)
     if args.dry_run:
         from swd.train.memory import dry_run_report
 
@@ -54,8 +58,27 @@ def _cmd_distill(args) -> int:
         elif resolved.losses.feature_block is None:
             print("# feature block: the middle of the teacher (depth // 2), known once its weights load")
         return 0
+    _check_teacher_folder(cfg)
     train_distill(cfg, resume=args.resume)
     return 0
+
+
+def _check_teacher_folder(cfg) -> None:
+    """The teacher folder (or a pipeline's transformer/) holds safetensors of the arch's class."""
+    from pathlib import Path
+
+    from swd.errors import SwdError
+    from swd.models.configs import transformer_class
+    from swd.train.distill import arch_spec
+
+    if not cfg.teacher:
+        raise SwdError("teacher: set it to the teacher's diffusers model folder (or a pipeline folder)")
+    spec = arch_spec(cfg)
+    folder = Path(cfg.teacher)
+    if not (folder / "config.json").is_file() and (folder / "transformer").is_dir():
+        folder = folder / "transformer"
+    cls = transformer_class("sd3" if spec is None else spec.family)
+    check_model_folder(folder, "teacher", cls.__name__, in_channels=3 if spec is None else None)
 
 
 def register_distill(subparsers) -> None:
@@ -69,29 +92,44 @@ def _cmd_export(args) -> int:
     """Write one module of a training checkpoint as a diffusers model folder (<=15 MB shards)."""
     from pathlib import Path
 
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from swd.config import from_dict
     from swd.errors import SwdError
-    from swd.models.testbed import build_testbed_transformer
+    from swd.models.testbed import build_testbed_model
     from swd.train.checkpoint import latest_checkpoint
     from swd.train.teacher import TeacherConfig
+    from swd.train.validation import read_json
 
+    # diffusers' save_pretrained only logs (and writes nothing) when the target is a file.
+    check_output_folder(args.out, "--out")
     path = Path(args.checkpoint)
     if (path / "checkpoints").is_dir():
         path = latest_checkpoint(path / "checkpoints") or path
     meta_file = path / "meta.json"
     if not meta_file.is_file():
         raise SwdError(f"--checkpoint: {args.checkpoint} is neither a checkpoint folder nor a run folder with checkpoints")
-    import json
-
-    meta = json.loads(meta_file.read_text())
+    meta = read_json(meta_file, "--checkpoint")
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or "step" not in meta:
+        raise SwdError(f"--checkpoint: {meta_file} lacks the step and config of a training checkpoint")
+    if "objective" in meta["config"]:
+        raise SwdError(f"--checkpoint: {path} is a distillation checkpoint; its run folder's student/ is the "
+                       f"exported model (export takes teacher checkpoints)")
     weights = path / f"{args.weights}.safetensors"
     if not weights.is_file():
         raise SwdError(f"--weights: {path} has no {args.weights!r} module")
     cfg = from_dict(TeacherConfig, meta["config"])
-    model = build_testbed_transformer(cfg.model)
-    model.load_state_dict(load_file(str(weights)))
+    model = build_testbed_model(cfg.model)  # MMDiT or UNet, by model.arch
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise SwdError(f"--checkpoint: {weights} is unreadable ({err})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise SwdError(f"--checkpoint: {weights} does not fit the model of its meta.json "
+                       f"({str(err).splitlines()[-1].strip()[:200]})") from None
     model.save_pretrained(args.out, max_shard_size="15MB", safe_serialization=True)
     print(f"{args.weights} weights of {path.name} (step {meta['step']}) written to {args.out}")
     return 0
