@@ -308,9 +308,25 @@ def gan_discriminator_loss(logits_fake: torch.Tensor, logits_real: torch.Tensor)
 # Fake-score model.
 
 
-def fake_score_loss(x0_fake_pred: torch.Tensor, x0_hat: torch.Tensor) -> torch.Tensor:
-    """`mse(x0_fake_pred, stopgrad(x0_hat))`: regress the fake model's x0 prediction onto the sample.
+FAKE_WEIGHTINGS = ("x0", "velocity")
 
+
+def fake_score_loss(x0_fake_pred: torch.Tensor, x0_hat: torch.Tensor, sigma: torch.Tensor | float | None = None,
+                    weighting: str = "x0") -> torch.Tensor:
+    """Regress the fake model's x0 prediction onto the (detached) generator sample.
+
+    weighting "x0" (the authors' release): `mean((x0_fake_pred - x0_hat)^2)`.
+    weighting "velocity": the same error per sample divided by sigma^2, i.e. the velocity MSE the
+    teacher was trained with (`v = (x - x0) / sigma`), which weights low noise levels far more; DMD
+    reads the fake score at low noise levels too, so it must be accurate there. Needs `sigma` (B,).
     `x0_hat` is detached here, so this loss never trains the generator.
     """
-    return F.mse_loss(_upcast(x0_fake_pred), _upcast(x0_hat.detach()))
+    if weighting not in FAKE_WEIGHTINGS:
+        raise SwdError(f"fake weighting '{weighting}' is unknown; valid names: {', '.join(FAKE_WEIGHTINGS)}")
+    err = (_upcast(x0_fake_pred) - _upcast(x0_hat.detach())).square()
+    if weighting == "x0":
+        return err.mean()
+    if sigma is None:
+        raise SwdError("fake_score_loss: the velocity weighting needs the noise levels sigma")
+    sigma = torch.as_tensor(sigma, dtype=err.dtype, device=err.device)
+    return (err / _per_sample(sigma, err).square()).mean()

@@ -398,6 +398,22 @@ def test_fake_score_loss_detaches_even_a_leaf_sample():
     assert not loss.requires_grad  # nothing to train: x0_hat contributed no graph
 
 
+def test_fake_score_loss_velocity_weighting_by_hand():
+    """Per sample error / sigma^2: the velocity MSE, since v = (x - x0) / sigma at a fixed input x."""
+    x0_hat = torch.tensor([[1.0, 2.0], [0.0, 0.0]], dtype=F64)
+    pred = torch.tensor([[1.5, 2.0], [1.0, -1.0]], dtype=F64)
+    sigma = torch.tensor([0.5, 0.1], dtype=F64)
+    loss = fake_score_loss(pred, x0_hat, sigma, weighting="velocity")
+    assert loss.item() == pytest.approx((0.25 / 0.25 + 0 + 1 / 0.01 + 1 / 0.01) / 4, rel=1e-12)
+    x = torch.tensor([[3.0, 1.0], [2.0, 2.0]], dtype=F64)  # the same number from velocities
+    v_pred, v_true = (x - pred) / sigma[:, None], (x - x0_hat) / sigma[:, None]
+    assert loss.item() == pytest.approx(float(((v_pred - v_true) ** 2).mean()), rel=1e-12)
+    with pytest.raises(SwdError, match="needs the noise levels"):
+        fake_score_loss(pred, x0_hat, weighting="velocity")
+    with pytest.raises(SwdError, match="unknown"):
+        fake_score_loss(pred, x0_hat, sigma, weighting="eps")
+
+
 @pytest.mark.parametrize("form, per_image", list(itertools.product(["pseudo_huber", "mse"], [True, False])))
 def test_linear_mmd_half_precision_upcasts(form, per_image):
     real = torch.randn(2, 3, 4, generator=_gen(14))

@@ -66,7 +66,9 @@ class LossConfig:
     dmd_sigma_idx: tuple[int, int] = (12, 27)  # grid indices DMD draws its noise level from (sigma <= .79)
     mmd_sigma_idx: tuple[int, int] = (18, 27)  # and MMD / GAN (sigma <= .60)
     fake_sigma_idx: tuple[int, int] = (0, 27)  # and the fake-score regression (whole grid)
+    fake_weighting: str = "x0"  # x0 (authors' release) | velocity (the teacher's own loss weighting)
     mmd_kernel: str = "linear"  # linear | rbf
+    mmd_bandwidth: float = 100.0  # rbf kernel width, in feature units (SD3.5 features; tiny models need less)
     mmd_form: str = "pseudo_huber"  # pseudo_huber | mse (linear kernel)
     mmd_per_image: bool = True  # False pools token means over the batch (the worse ablation)
     # Block whose image tokens feed MMD and the GAN head; None: by depth (L 20/38, M 11/24, testbed depth // 2).
@@ -301,6 +303,14 @@ def build_models(cfg: DistillConfig, teacher: torch.nn.Module,
     to `frozen_dtype`, bf16 on GPUs) and LoRA models are built as `shared_copy`s of it, so the
     base weights exist once. Works on the meta device too (the dry run).
     """
+    # Every random initialisation here (LoRA matrices, the GAN head) comes from the run's seed, not
+    # from whatever state torch's global generator is in: a seeded run repeats, on every rank.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        return _build_models(cfg, teacher, frozen_dtype)
+
+
+def _build_models(cfg: DistillConfig, teacher: torch.nn.Module, frozen_dtype: Optional[torch.dtype]) -> DistillModels:
     family = model_family(teacher)
     weights = objective_weights(cfg)
     needs_fake = weights["dmd"] > 0 or weights["gan"] > 0
@@ -425,12 +435,19 @@ def check_data(data, space, schedule: ScaleSchedule, teacher) -> None:
 
 
 def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: Optional[torch.nn.Module] = None,
-                  vae: Optional[torch.nn.Module] = None) -> "DistillResult":
+                  vae: Optional[torch.nn.Module] = None, real_score: Optional[torch.nn.Module] = None,
+                  evaluation=None) -> "DistillResult":
     """Distill a scale-wise student; returns the exported folder and the trained generator.
 
     data: a CaptionedData / PromptEmbeddingData (default: from cfg.data); teacher: a diffusers
     transformer (default: loaded from cfg.teacher); vae: an AutoencoderKL for latent archs
     (default: loaded from cfg.model.vae or the teacher's pipeline folder).
+    real_score: the score DMD matches (velocity interface, CFG applied); default the teacher's
+    adapter. The exact testbed passes its analytic denoiser here, while `teacher` (a network
+    regressed onto it) seeds the generator and fake model and gives the MMD features.
+    evaluation: `evaluation(model, schedule, device, precision) -> dict` run at step 0, every
+    train.eval_every steps and at the last step (default: the testbed's held-out FD when
+    eval_every > 0).
     """
     from accelerate import Accelerator
 
@@ -464,6 +481,7 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
     adapter_kwargs = {"guidance": cfg.model.flux_guidance}
     teacher_adapter = adapter_for(teacher, **adapter_kwargs)
     gen_adapter = adapter_for(generator_model, **adapter_kwargs)
+    real_adapter = teacher_adapter if real_score is None else real_score.to(device)
     schedule.check_model(teacher_adapter.patch_size, teacher_adapter.max_latent_size, "teacher")
     space = latent_space(cfg, spec, vae, device, frozen_dtype)
     if space.channels != teacher_adapter.latent_channels:
@@ -478,7 +496,7 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
     from swd.eval.evaluate import PROMPT_DATA
 
     eval_prompts = next((name for name, data in PROMPT_DATA.items() if data == cfg.data.name), None)
-    if tc.eval_every > 0 and (spec is not None or eval_prompts is None):
+    if tc.eval_every > 0 and evaluation is None and (spec is not None or eval_prompts is None):
         raise SwdError(f"train.eval_every: in-training evaluation scores the pixel-space testbed on its held-out "
                        f"prompts (data emoji or shapes), not arch {cfg.model.arch} with data {cfg.data.name}; set it to 0")
     if main:
@@ -491,7 +509,7 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
     if source not in ("fake", "teacher"):
         raise SwdError(f"losses.feature_source: must be auto, teacher or fake, got {source!r}")
     mmd = build_mmd_loss(lc.mmd_kernel, **({"form": lc.mmd_form, "per_image": lc.mmd_per_image}
-                                            if lc.mmd_kernel == "linear" else {}))
+                                            if lc.mmd_kernel == "linear" else {"bandwidth": lc.mmd_bandwidth}))
     gen_lora, fake_lora = cfg.generator.lora_rank > 0, cfg.fake.lora_rank > 0
     ema = None
     if tc.ema_decay > 0:
@@ -545,8 +563,9 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
               f"{world} process(es) on {device}")
     log = open(run / "log.jsonl", "a") if main else None
     board = tensorboard_writer(run / "tensorboard") if main else None
-    evaluation = None
-    if main and tc.eval_every > 0:
+    if not main or tc.eval_every <= 0:
+        evaluation = None
+    elif evaluation is None:
         from swd.eval.evaluate import TrainingEvaluation
 
         evaluation = TrainingEvaluation(eval_prompts, tc.eval_n, seed=tc.seed, text_tokens=cfg.data.text_tokens,
@@ -568,8 +587,8 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
             for key, value in metrics.items():
                 if isinstance(value, (int, float)):
                     board.add_scalar(f"eval/{key}", value, at_step)
-        pbar.write(f"step {at_step}: held-out FD {metrics['fd']:.2f}, precision {metrics['precision']:.3f}, "
-                   f"recall {metrics['recall']:.3f} ({tc.eval_n} images)")
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+        pbar.write(f"step {at_step}: {shown}")
 
     def training_minutes() -> float:
         return (time.time() - started - eval_seconds) / 60
@@ -597,7 +616,8 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
                 with autocast_context(device, tc.precision):
                     x_f = add_noise(x0_hat, sigma_f, eps)
                     v_f = fake.adapter(x_f, sigma_f, batch.cond)
-                    loss_fake = fake_score_loss(x_f - sigma_f.view(-1, 1, 1, 1) * v_f.float(), x0_hat)
+                    loss_fake = fake_score_loss(x_f - sigma_f.view(-1, 1, 1, 1) * v_f.float(), x0_hat, sigma_f,
+                                                lc.fake_weighting)
                     loss_disc = torch.zeros((), device=device)
                     if weights["gan"] > 0:
                         sigma_g = grid_sigmas(grid, lc.mmd_sigma_idx, tc.batch_size, gen, device)
@@ -627,7 +647,7 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
                 with torch.no_grad():
                     x_d = add_noise(x0_hat.detach(), sigma_d, eps_d)
                     s = sigma_d.view(-1, 1, 1, 1)
-                    x0_real = x_d - s * guided(teacher_adapter, batch.cond, uncond, lc.teacher_cfg)(x_d, sigma_d).float()
+                    x0_real = x_d - s * guided(real_adapter, batch.cond, uncond, lc.teacher_cfg)(x_d, sigma_d).float()
                     x0_fake = x_d - s * fake.adapter(x_d, sigma_d, batch.cond).float()
                 losses["dmd"] = dmd_loss(x0_hat, x0_real, x0_fake)
             if weights["mmd"] > 0 or weights["gan"] > 0:

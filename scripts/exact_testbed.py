@@ -1,0 +1,136 @@
+"""Runs of the exact-distribution (Gaussian-mixture) testbed for docs/RESULTS.md.
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/exact_testbed.py --out docs/results/exact [--only NAME ...]
+
+Writes one JSON per row (sampler rows and distillation runs with their exact-distance traces) into
+--out; `--table` prints the markdown tables of RESULTS from those JSONs without running anything.
+Every number comes from `swd.eval.exact` against the closed-form mixture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from swd.eval.exact import exact_metrics
+from swd.eval.exact_testbed import ExactTestbed, distill_exact, exact_schedule
+
+N_PER_CLASS = 256  # final scores; traces use 128 per class
+INIT_STEPS = 2000  # regression of the network copy onto the analytic teacher
+
+# Distillation runs: (name, objective, steps, config overrides). The DMD settings after the fix:
+# 5 fake updates per generator step and a fake-score learning rate 10x the generator's.
+DMD_FIXED = {"train.fake_updates": 5, "generator.lr": 3e-5, "fake.lr": 3e-4}
+RUNS = [
+    ("mmd-only", "mmd-only", 160, {"generator.lr": 3e-5}),
+    ("dmd-only", "dmd-only", 160, DMD_FIXED),
+    ("swd", "swd", 160, DMD_FIXED),
+    ("dmd2-full", "dmd2-full", 160, DMD_FIXED),
+    # The collapse, reproduced: the old CPU preset's 2 fake updates at the generator's learning rate.
+    ("dmd-only-old-preset", "dmd-only", 120, {"train.fake_updates": 2, "generator.lr": 1e-4, "fake.lr": 1e-4}),
+    ("dmd-only-equal-lr-5-updates", "dmd-only", 120, {"train.fake_updates": 5, "generator.lr": 3e-5,
+                                                      "fake.lr": 3e-5}),
+]
+
+
+def clean(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "fd_per_class"}
+
+
+def write(out: Path, name: str, record: dict) -> None:
+    (out / f"{name}.json").write_text(json.dumps(record, indent=1))
+    print(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.get("final", {}).items()})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="docs/results/exact")
+    parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--table", action="store_true")
+    args = parser.parse_args()
+    out = Path(args.out)
+    if args.table:
+        print(table(out))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    tb = ExactTestbed()
+    want = lambda name: args.only is None or name in args.only  # noqa: E731
+    meta = {"spec": tb.spec.__dict__, "schedule": tb.schedule.to_dict(), "date": time.strftime("%Y-%m-%d"),
+            "threads": torch.get_num_threads(), "n_per_class": N_PER_CLASS}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+
+    if want("stability"):  # how large N must be: exact samples against the truth
+        rows = []
+        for n in (32, 64, 128, 256, 512, 1024):
+            classes = tb.prompts(n)
+            x, _ = tb.mixture.sample(classes, torch.Generator().manual_seed(100 + n))
+            rows.append({"n_per_class": n, **clean(exact_metrics(x, classes, tb.reference))})
+        (out / "stability.json").write_text(json.dumps(rows, indent=1))
+    if want("analytic"):
+        for name, how, kw in [("analytic-28", "teacher28", {}), ("analytic-28-cfg2", "teacher28", {"guidance": 2.0}),
+                              ("analytic-full-4", "fewstep", {}), ("analytic-scalewise-4", "scalewise", {}),
+                              ("analytic-scalewise-4-nearest", "scalewise", {"upsample_mode": "nearest"}),
+                              ("analytic-scalewise-4-noise-first", "scalewise", {"order": "noise_then_upsample"})]:
+            t = time.time()
+            m = tb.score(tb.teacher, how, N_PER_CLASS, **kw)
+            write(out, name, {"final": clean(m), "seconds": time.time() - t})
+
+    # The network copy of the analytic teacher (regressed once; safetensors, reloaded on later runs).
+    init_path = out / "init-network.safetensors"
+    net = tb.network()
+    if init_path.exists():
+        net.load_state_dict(load_file(str(init_path)))
+    else:
+        t = time.time()
+        net = tb.regressed_network(INIT_STEPS)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(init_path))
+        (out / "init-network.json").write_text(json.dumps({"steps": INIT_STEPS, "batch": 64, "lr": 2e-3,
+                                                          "cpu_minutes": (time.time() - t) / 60}))
+    if want("network"):
+        for name, how in [("network-28", "teacher28"), ("network-full-4", "fewstep"),
+                          ("network-scalewise-4", "scalewise")]:
+            write(out, name, {"final": clean(tb.score(net, how, N_PER_CLASS))})
+
+    for name, objective, steps, overrides in RUNS:
+        if not want(name):
+            continue
+        run_dir = Path("runs/exact") / name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        t = time.time()
+        result = distill_exact(tb, net, objective, run_dir, steps, overrides=overrides, eval_every=steps // 8)
+        minutes = (time.time() - t) / 60
+        trace = [json.loads(line) for line in open(run_dir / "log.jsonl")]
+        trace = [{"step": r["step"], **r["eval"]} for r in trace if "eval" in r]
+        how = "fewstep" if objective == "dmd2-full" else "scalewise"
+        schedule = exact_schedule(tb.spec.size, full_resolution=objective == "dmd2-full")
+        final = clean(tb.score(result.generator, how, N_PER_CLASS, schedule=schedule))
+        write(out, name, {"objective": objective, "steps": steps, "overrides": overrides, "trace": trace,
+                          "final": final, "minutes_with_evals": minutes})
+        if objective != "dmd2-full":  # the broken sampler on the same student
+            broken = clean(tb.score(result.generator, "scalewise", N_PER_CLASS, order="noise_then_upsample"))
+            write(out, f"{name}-noise-first", {"final": broken})
+
+
+def table(out: Path) -> str:
+    rows = []
+    for f in sorted(out.glob("*.json")):
+        if f.stem in ("meta", "stability", "init-network"):
+            continue
+        r = json.loads(f.read_text())
+        m = r["final"]
+        rows.append(f"| {f.stem} | {m['fd']:.3f} | {m['residual_ratio']:.2f} | {m['class_accuracy']:.3f} | "
+                    f"{m['mode_tv']:.3f} | {m['spectrum_error']:.3f} |")
+    head = "| row | exact FD | residual ratio | class accuracy | mode TV | spectrum error |\n|---|---|---|---|---|---|"
+    return head + "\n" + "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()
