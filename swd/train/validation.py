@@ -346,6 +346,7 @@ def check_teacher_config(cfg, resume: bool | None = None) -> None:
 
 def check_distill_config(cfg, resume: bool | None = None) -> None:
     """Every field of a DistillConfig in range, the schedule resolvable, the run folder usable."""
+    from swd.losses import FAKE_WEIGHTINGS
     from swd.train.common import TRAINING_SETS
     from swd.train.distill import ARCH_NAMES, OBJECTIVES, objective_weights, training_schedule
 
@@ -375,6 +376,8 @@ def check_distill_config(cfg, resume: bool | None = None) -> None:
     for name in ("dmd_sigma_idx", "mmd_sigma_idx", "fake_sigma_idx"):
         check_index_range(getattr(lc, name), f"losses.{name}")
     check_choice(lc.mmd_kernel, "losses.mmd_kernel", ("linear", "rbf"))
+    check_float(lc.mmd_bandwidth, "losses.mmd_bandwidth", 0.0, lo_open=True)
+    check_choice(lc.fake_weighting, "losses.fake_weighting", FAKE_WEIGHTINGS)
     check_choice(lc.mmd_form, "losses.mmd_form", ("pseudo_huber", "mse"))
     if lc.feature_block is not None:
         check_int(lc.feature_block, "losses.feature_block", 0)
