@@ -53,11 +53,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="docs/results/exact")
     parser.add_argument("--only", nargs="*", default=None)
-    parser.add_argument("--table", action="store_true")
+    parser.add_argument("--table", action="store_true", help="print the tables (and plot the traces) of --out")
     args = parser.parse_args()
     out = Path(args.out)
     if args.table:
         print(table(out))
+        print(trace_table(out))
+        plot_traces(out)
         return
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -130,6 +132,43 @@ def table(out: Path) -> str:
                     f"{m['mode_tv']:.3f} | {m['spectrum_error']:.3f} |")
     head = "| row | exact FD | residual ratio | class accuracy | mode TV | spectrum error |\n|---|---|---|---|---|---|"
     return head + "\n" + "\n".join(rows)
+
+
+def _traces(out: Path) -> dict:
+    return {f.stem: json.loads(f.read_text())["trace"] for f in sorted(out.glob("*.json"))
+            if "trace" in json.loads(f.read_text())}
+
+
+def trace_table(out: Path) -> str:
+    traces = _traces(out)
+    steps = sorted({t["step"] for trace in traces.values() for t in trace})
+    head = "| run | " + " | ".join(f"step {s}" for s in steps) + " |\n|---|" + "---|" * len(steps)
+    rows = []
+    for name, trace in traces.items():
+        by_step = {t["step"]: t["fd"] for t in trace}
+        rows.append(f"| {name} | " + " | ".join(f"{by_step[s]:.2f}" if s in by_step else "" for s in steps) + " |")
+    return head + "\n" + "\n".join(rows)
+
+
+def plot_traces(out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, trace in _traces(out).items():
+        ax.plot([t["step"] for t in trace], [t["fd"] for t in trace], marker="o", ms=3, label=name)
+    for name, style in (("analytic-scalewise-4", ":"), ("network-scalewise-4", "--"), ("analytic-28", "-.")):
+        if (out / f"{name}.json").exists():
+            ax.axhline(json.loads((out / f"{name}.json").read_text())["final"]["fd"], ls=style, c="gray", lw=1)
+            ax.text(0, json.loads((out / f"{name}.json").read_text())["final"]["fd"], name, fontsize=7, va="bottom")
+    ax.set_yscale("log")
+    ax.set_xlabel("generator step")
+    ax.set_ylabel("exact FD (128 per class)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+    fig.tight_layout()
+    fig.savefig(out / "traces.png", dpi=110)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from swd.models import TextCondition, adapter_for
 from swd.models.configs import ARCHS, ArchSpec, transformer_class
 from swd.sampling import add_noise, conditioned, guided, make_generator, sample_scalewise, upsample
 from swd.schedules import ScaleSchedule, flow_sigmas, resolve_schedule
-from swd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from swd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trim_log
 from swd.train.common import autocast_context, load_training_data, pick_device
 from swd.train.latents import PixelSpace, VaeSpace, area_resize, load_vae, pretrained_folder
 
@@ -388,7 +388,8 @@ def load_teacher(path: str, family: str = "sd3", dtype: Optional[torch.dtype] = 
     """The teacher transformer from its folder, or from the `transformer/` folder of a pipeline."""
     cls = transformer_class(family)
     folder = pretrained_folder(path, "transformer", "teacher", cls.__name__)
-    return cls.from_pretrained(folder, **({"dtype": dtype} if dtype is not None else {}))
+    # use_safetensors: never fall back to a pickled .bin (diffusers would torch.load it).
+    return cls.from_pretrained(folder, use_safetensors=True, **({"dtype": dtype} if dtype is not None else {}))
 
 
 def check_teacher(teacher, spec: Optional[ArchSpec]) -> None:
@@ -536,6 +537,8 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
         if last is None:
             raise SwdError(f"--resume: no checkpoint in {ckpt_dir}")
         step = load_checkpoint(last, modules, optimizers)["step"]
+        if main:  # steps logged after that checkpoint are repeated now: drop their old records
+            trim_log(run / "log.jsonl", step)
         if main:
             print(f"resumed from {last.name}")
 

@@ -28,7 +28,7 @@ from swd.images import save_grid
 from swd.models import adapter_for
 from swd.models.testbed import MMDiTConfig, UNetConfig, build_testbed_model, resolve_model_config
 from swd.sampling import add_noise, guided, make_generator, sample_teacher
-from swd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from swd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trim_log
 from swd.train.common import (
     CaptionedData,
     autocast_context,
@@ -148,6 +148,7 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False, data: CaptionedData 
         if last is None:
             raise SwdError(f"--resume: no checkpoint in {ckpt_dir}")
         step = load_checkpoint(last, {"model": model, "ema": ema}, {"opt": opt})["step"]
+        trim_log(run / "log.jsonl", step)  # steps logged after that checkpoint are repeated now
         print(f"resumed from {last.name}")
 
     log = open(run / "log.jsonl", "a")
@@ -169,7 +170,7 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False, data: CaptionedData 
             v = adapter(x, sigma, cond)
         loss = F.mse_loss(v.float(), eps - x0)  # rectified-flow velocity target
         if not torch.isfinite(loss):
-            raise SwdError(f"training diverged: loss is {loss.item()} at step {step}; "
+            raise SwdError(f"training diverged: loss is {loss.item()} at step {step + 1}; "
                            f"the last good checkpoint is kept in {ckpt_dir}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
