@@ -54,7 +54,8 @@ swd bench latency --model swd/weights/emoji-student --schedules testbed-4,testbe
 #    steps); its weights differ from that run's by at most 5.7e-4 (losses agree to ~1e-3): not
 #    bit-identical across the two sessions, while within a session the unit tests show runs with
 #    and without evaluation are.
-C="--config configs/testbed/swd-emoji-cpu.yaml --set train.steps=104 --set train.max_minutes=0"
+# (the preset's fake-score settings of that session: 2 updates at 5e-5)
+C="--config configs/testbed/swd-emoji-cpu.yaml --set train.steps=104 --set train.max_minutes=0 --set train.fake_updates=2 --set fake.lr=5e-5"
 swd distill $C --set run_dir=runs/cpu-swd-4 &
 swd distill $C --set run_dir=runs/cpu-dmdonly-4 --set objective=dmd-only &
 wait
