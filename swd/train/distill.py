@@ -721,7 +721,7 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
             print(f"student written to {export}")
     accelerator.wait_for_everyone()
     return DistillResult(export if tc.export_merged or not gen_lora else lora_dir, generator_model, step,
-                         lora_dir if gen_lora else None)
+                         lora_dir if gen_lora else None, fake)
 
 
 @dataclass
@@ -730,6 +730,7 @@ class DistillResult:
     generator: torch.nn.Module  # this process's replica
     step: int
     lora_dir: Optional[Path] = None  # LoRA students: diffusers + ComfyUI LoRA files
+    fake: Optional[torch.nn.Module] = None  # this process's fake-score model and GAN head (DMD objectives)
 
 
 def tensorboard_writer(folder: Path):

@@ -32,7 +32,8 @@ tmp = Path(sys.argv[1])
 # max_minutes > 0 runs the per-step agreement on stopping (a broadcast from rank 0).
 result = train_distill(config(tmp, "ddp", "swd", steps=2, max_minutes=60), data=synthetic_data(), teacher=tiny_teacher())
 rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-save_file({k: v.contiguous() for k, v in result.generator.state_dict().items()}, str(tmp / f"rank{rank}.safetensors"))
+state = {**result.generator.state_dict(), **{"gan_head." + k: v for k, v in result.fake.head.state_dict().items()}}
+save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / f"rank{rank}.safetensors"))
 (tmp / f"rank{rank}.json").write_text(json.dumps({"world": world}))
 """
 
@@ -64,6 +65,7 @@ def test_two_processes_keep_identical_replicas(tmp_path):
     a = load_file(str(tmp_path / "rank0.safetensors"))
     b = load_file(str(tmp_path / "rank1.safetensors"))
     assert a.keys() == b.keys()
+    assert any(k.startswith("gan_head.") for k in a)  # the GAN heads (seeded from the run) agree too
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     threads = torch.get_num_threads()
@@ -73,4 +75,4 @@ def test_two_processes_keep_identical_replicas(tmp_path):
     finally:
         torch.set_num_threads(threads)
     s = single.generator.state_dict()
-    assert any(not torch.allclose(a[k], s[k]) for k in a), "two ranks must see different batches"
+    assert any(not torch.allclose(a[k], s[k]) for k in s), "two ranks must see different batches"
