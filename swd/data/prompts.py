@@ -360,7 +360,8 @@ class PipelineTextEncoder:
             cls_ = StableDiffusion3Pipeline
         else:
             raise SwdError(f"--pipeline: {folder} holds a {class_name or 'unknown'} pipeline; expected SD3 or FLUX")
-        pipe = cls_.from_pretrained(folder, transformer=None, vae=None, dtype=dtype, local_files_only=True)
+        pipe = cls_.from_pretrained(folder, transformer=None, vae=None, dtype=dtype, local_files_only=True,
+                                    use_safetensors=True)
         return cls(pipe.to(device), device, max_sequence_length)
 
     @torch.no_grad()

@@ -105,4 +105,4 @@ def load_vae(path: str):
     """An AutoencoderKL from its folder, or from the `vae/` folder of a pipeline folder."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL.from_pretrained(pretrained_folder(path, "vae", "model.vae", "AutoencoderKL"))
+    return AutoencoderKL.from_pretrained(pretrained_folder(path, "vae", "model.vae", "AutoencoderKL"), use_safetensors=True)
