@@ -53,7 +53,9 @@ def test_teacher_rows_bracket_the_problem(testbed, init_network, undistilled):
 def test_dmd_moves_the_student_towards_the_truth(testbed, init_network, undistilled, tmp_path):
     """With the exact real score, DMD's direction must lower the exact distance of the student."""
     student = distill_exact(testbed, init_network, "dmd-only", tmp_path, DMD_STEPS, overrides=DMD_SETTINGS).generator
-    assert _fd(testbed, student) <= 0.8 * undistilled
+    fd = _fd(testbed, student)
+    print(f"dmd-only: exact FD {fd:.3f} vs undistilled {undistilled:.3f}")  # shown with pytest -s
+    assert fd <= 0.8 * undistilled
 
 
 def test_dmd_with_flipped_sign_fails_the_same_check(testbed, init_network, undistilled, tmp_path, monkeypatch):
@@ -64,7 +66,9 @@ def test_dmd_with_flipped_sign_fails_the_same_check(testbed, init_network, undis
 
     monkeypatch.setattr("swd.train.distill.dmd_loss", dmd_loss_flipped)
     student = distill_exact(testbed, init_network, "dmd-only", tmp_path, DMD_STEPS, overrides=DMD_SETTINGS).generator
-    assert _fd(testbed, student) > 0.8 * undistilled
+    fd = _fd(testbed, student)
+    print(f"dmd-only, sign flipped: exact FD {fd:.3f} vs undistilled {undistilled:.3f}")
+    assert fd > 0.8 * undistilled
 
 
 def test_distillation_on_the_mixture_repeats_bit_for_bit(testbed, init_network, tmp_path):
