@@ -1,6 +1,6 @@
 """`swd sample` and `swd demo`: text-to-image on the testbed models, teacher beside student.
 
-The testbed models are pixel-space SD3 transformers conditioned on MiniLM; the shipped ones live
+The testbed models are pixel-space SD3 transformers or UNets conditioned on MiniLM; the shipped ones live
 in `swd/weights/` (see docs/RESULTS.md for the commands that made them).
 """
 
@@ -17,9 +17,8 @@ from swd.train.validation import (
     check_float,
     check_int,
     check_seed,
-    check_model_folder,
     check_output_file,
-    load_pretrained,
+    load_model_folder,
 )
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -40,13 +39,13 @@ DEMO_PROMPTS = [
 
 
 def load_model(path: str | Path, where: str = "--model"):
-    """A saved testbed transformer (diffusers folder) and the schedule saved beside it, if any."""
-    from diffusers import SD3Transformer2DModel
-
+    """A saved testbed model (diffusers folder: SD3 transformer or UNet, by its config.json) and
+    the schedule saved beside it, if any."""
     from swd.schedules import ScaleSchedule
 
-    path = check_model_folder(path, where)  # a pixel-space SD3 folder with safetensors, before diffusers sees it
-    model = load_pretrained(SD3Transformer2DModel, path, where).eval()
+    # A pixel-space testbed folder with safetensors is checked before diffusers sees it.
+    model, path = load_model_folder(path, where)
+    model = model.eval()
     schedule = ScaleSchedule.load(path / "schedule.yaml") if (path / "schedule.yaml").is_file() else None
     return model, schedule
 
@@ -69,11 +68,11 @@ def encode_prompts(prompts: list[str], max_length: int = 16):
 def generate(model, schedule_name: str, cond, uncond, seed: int, guidance: float = 4.5, teacher_steps: int = 28,
              saved_schedule=None) -> torch.Tensor:
     """Images in [-1, 1]: `teacher` = Euler + CFG on the shift-3 grid, else a scale-wise schedule."""
-    from swd.models import SD3Adapter
+    from swd.models import adapter_for
     from swd.sampling import conditioned, guided, make_generator, sample_scalewise, sample_teacher
     from swd.schedules import resolve_schedule
 
-    adapter = SD3Adapter(model)
+    adapter = adapter_for(model)
     n = cond.batch_size
     size = model.config.sample_size
     if schedule_name == "teacher":

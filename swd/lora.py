@@ -81,7 +81,12 @@ def lora_target_modules(family: str) -> list[str]:
         return list(_JOINT_TARGETS)
     if family == "flux":
         return list(_JOINT_TARGETS) + list(_FLUX_SINGLE_TARGETS)
-    raise SwdError(f"family: unknown {family!r}; choose sd3 or flux")
+    if family == "unet":
+        # The targets would be attention's to_q/k/v/out.0, but the diffusers and ComfyUI writers
+        # know only transformer LoRAs: refused before training rather than at export.
+        raise SwdError("lora_rank: LoRA on UNet2DConditionModel models is not supported yet; set "
+                       "generator.lora_rank and fake.lora_rank to 0 (full fine-tuning)")
+    raise SwdError(f"family: unknown {family!r}; choose sd3, flux or unet")
 
 
 def lora_config(family: str, rank: int = 64, alpha: Optional[float] = None, init: Union[str, bool] = "gaussian"):
@@ -105,7 +110,10 @@ def model_family(transformer) -> str:
         return "sd3"
     if name == "FluxTransformer2DModel":
         return "flux"
-    raise SwdError(f"model: no LoRA support for {name}; supported: SD3Transformer2DModel, FluxTransformer2DModel")
+    if name == "UNet2DConditionModel":
+        return "unet"
+    raise SwdError(f"model: no LoRA support for {name}; supported: SD3Transformer2DModel, FluxTransformer2DModel, "
+                   f"UNet2DConditionModel")
 
 
 def _unwrap(model):

@@ -104,16 +104,14 @@ def load_prompts(name: str, n: int, data_path: str | Path | None = None) -> Prom
 
 
 def load_model(model: str | Path | torch.nn.Module) -> tuple[torch.nn.Module, Path | None]:
-    """A testbed SD3 transformer from a `save_pretrained` folder (or the module itself)."""
+    """A testbed model (SD3 transformer or UNet, by its config.json) from a `save_pretrained`
+    folder (or the module itself)."""
     if isinstance(model, torch.nn.Module):
         return model, None
-    from diffusers import SD3Transformer2DModel
-
-    from swd.train.validation import check_model_folder, load_pretrained
+    from swd.train.validation import load_model_folder
 
     # The class, the pixel channels and safetensors-only weights are checked before diffusers loads.
-    folder = check_model_folder(model, "model", what="saved model folder")
-    return load_pretrained(SD3Transformer2DModel, folder, "model"), folder
+    return load_model_folder(model, "model", what="saved model folder")
 
 
 def resolve_eval_schedule(spec: str | None, folder: Path | None):
@@ -186,7 +184,7 @@ def sample_images(
     from tqdm.auto import tqdm
 
     from swd.data.text import empty_prompt
-    from swd.models import SD3Adapter, TextCondition
+    from swd.models import TextCondition, adapter_for
     from swd.sampling import (
         conditioned,
         guided,
@@ -202,7 +200,7 @@ def sample_images(
         raise SwdError(f"teacher_steps/guidance: need steps >= 1 and guidance >= 0, got {teacher_steps}, {guidance}")
     device = torch.device(device)
     was_training = transformer.training
-    adapter = SD3Adapter(transformer.to(device).eval())
+    adapter = adapter_for(transformer.to(device).eval())
     size = adapter.config.sample_size
     if schedule is not None:
         schedule.check_model(adapter.patch_size, adapter.max_latent_size)

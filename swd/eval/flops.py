@@ -47,14 +47,11 @@ def is_attention_op(op_name: str) -> bool:
 
 
 def build_meta_adapter(arch: ArchSpec | str):
-    """The arch's transformer on the meta device, wrapped in its adapter."""
-    from swd.models import FluxAdapter, SD3Adapter
+    """The arch's model (SD3 / FLUX transformer or UNet) on the meta device, wrapped in its adapter."""
+    from swd.models import adapter_for
 
     arch = get_arch(arch) if isinstance(arch, str) else arch
-    transformer = arch.build("meta").eval()
-    if arch.family == "flux":
-        return FluxAdapter(transformer)
-    return SD3Adapter(transformer)
+    return adapter_for(arch.build("meta").eval())
 
 
 class ForwardFlopCounter:
@@ -106,12 +103,14 @@ class ForwardFlopCounter:
         ScaleSchedule(scales=(size,), sigmas=(1.0,)).check_model(
             self.patch_size, self.max_latent_size, what=f"{self.arch.name} model"
         )
-        config = self.adapter.config
+        from swd.models import text_widths
+
+        joint, pooled = text_widths(self.adapter)
         meta = torch.device("meta")
         x = torch.empty(batch, self.adapter.latent_channels, *size, device=meta)  # (B, C, H, W)
         cond = TextCondition(
-            torch.empty(batch, self.text_tokens, config.joint_attention_dim, device=meta),  # (B, L, D_joint)
-            torch.empty(batch, config.pooled_projection_dim, device=meta),  # (B, D_pooled)
+            torch.empty(batch, self.text_tokens, joint, device=meta),  # (B, L, D_joint)
+            torch.empty(batch, pooled or joint, device=meta),  # (B, D_pooled); a UNet without it ignores it
         )
         sigma = torch.ones(batch, device=meta)
         counter = FlopCounterMode(display=False)

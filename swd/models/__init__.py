@@ -5,7 +5,7 @@ from swd.models.flux import FluxAdapter
 from swd.models.sd3 import SD3Adapter
 from swd.models.unet import UNetAdapter
 
-__all__ = ["TextCondition", "SD3Adapter", "FluxAdapter", "UNetAdapter", "adapter_for"]
+__all__ = ["TextCondition", "SD3Adapter", "FluxAdapter", "UNetAdapter", "adapter_for", "text_widths"]
 
 ADAPTERS = {
     "SD3Transformer2DModel": SD3Adapter,
@@ -30,3 +30,17 @@ def adapter_for(transformer, **kwargs):
     if name == "UNet2DConditionModel":
         return UNetAdapter(transformer, **{k: v for k, v in kwargs.items() if k == "prediction"})
     return FluxAdapter(transformer, **kwargs)
+
+
+def text_widths(model) -> tuple[int, int | None]:
+    """(token-state width, pooled width) of the text conditioning a diffusers model (or its
+    adapter, or its config) takes.
+
+    SD3 and FLUX: joint_attention_dim and pooled_projection_dim. A UNet (cross_attention_dim):
+    the pooled width only when it was built to take the pooled vector, else None (unused).
+    """
+    config = getattr(model, "config", model)
+    if "joint_attention_dim" in config:
+        return config["joint_attention_dim"], config["pooled_projection_dim"]
+    pooled = config.get("projection_class_embeddings_input_dim") if config.get("class_embed_type") == "projection" else None
+    return config["cross_attention_dim"], pooled

@@ -51,9 +51,9 @@ class ArchSpec:
 
 
 def transformer_class(family: str):
-    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
 
-    return {"sd3": SD3Transformer2DModel, "flux": FluxTransformer2DModel}[family]
+    return {"sd3": SD3Transformer2DModel, "flux": FluxTransformer2DModel, "unet": UNet2DConditionModel}[family]
 
 
 _SD3_COMMON = dict(in_channels=16, out_channels=16, patch_size=2, attention_head_dim=64,

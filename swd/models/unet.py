@@ -74,6 +74,13 @@ class UNetAdapter(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
+    def feature_width(self, index: int) -> int:
+        """Channels C of the tokens (B, HW, C) block `index` outputs: each down block and the mid
+        block end at their level's width, up blocks climb back through the levels in reverse."""
+        widths = list(self.config.block_out_channels)
+        per_block = [*widths, widths[-1], *reversed(widths)]
+        return per_block[check_block_index(index, self.num_blocks)]
+
     def block(self, index: int) -> nn.Module:
         return self.blocks[check_block_index(index, self.num_blocks)]
 

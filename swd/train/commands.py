@@ -77,8 +77,10 @@ def _check_teacher_folder(cfg) -> None:
     folder = Path(cfg.teacher)
     if not (folder / "config.json").is_file() and (folder / "transformer").is_dir():
         folder = folder / "transformer"
-    cls = transformer_class("sd3" if spec is None else spec.family)
-    check_model_folder(folder, "teacher", cls.__name__, in_channels=3 if spec is None else None)
+    if spec is None:  # the testbed: an MMDiT or a UNet teacher, in pixel space
+        check_model_folder(folder, "teacher")
+    else:
+        check_model_folder(folder, "teacher", transformer_class(spec.family).__name__, in_channels=None)
 
 
 def register_distill(subparsers) -> None:

@@ -41,7 +41,7 @@ from swd.errors import SwdError
 from swd.images import save_grid
 from swd.lora import lora_config, lora_target_modules, model_family, save_lora
 from swd.losses import GANHead, build_mmd_loss, dmd_loss, fake_score_loss, gan_discriminator_loss, gan_generator_loss
-from swd.models import TextCondition, adapter_for
+from swd.models import TextCondition, adapter_for, text_widths
 from swd.models.configs import ARCHS, ArchSpec, transformer_class
 from swd.sampling import add_noise, conditioned, guided, make_generator, sample_scalewise, upsample
 from swd.schedules import ScaleSchedule, flow_sigmas, resolve_schedule
@@ -244,8 +244,13 @@ def grid_sigmas(grid: torch.Tensor, idx_range, batch: int, gen: torch.Generator,
     return grid[idx].to(device)
 
 
-def hidden_width(transformer) -> int:
-    """Width of the image tokens a block outputs (SD3 and FLUX: heads * head_dim)."""
+def hidden_width(transformer, block: Optional[int] = None) -> int:
+    """Width of the image tokens a block outputs (SD3 and FLUX: heads * head_dim, every block; a
+    UNet: the channels of `block`'s output, which differ per level)."""
+    if model_family(transformer) == "unet":
+        if block is None:
+            raise SwdError("losses.feature_block: a UNet's feature width depends on the block; give one")
+        return adapter_for(transformer).feature_width(block)
     return transformer.config.num_attention_heads * transformer.config.attention_head_dim
 
 
@@ -326,7 +331,7 @@ def _build_models(cfg: DistillConfig, teacher: torch.nn.Module, frozen_dtype: Op
     if needs_fake:
         fake_model = add_lora(fake_model if fake_model is not None else shared_copy(teacher), cfg.fake, "fake",
                               family)
-        fake = FakeScore(fake_model, GANHead(hidden_width(teacher)), guidance=cfg.model.flux_guidance)
+        fake = FakeScore(fake_model, GANHead(hidden_width(teacher, cfg.losses.feature_block)), guidance=cfg.model.flux_guidance)
     if cfg.train.gradient_checkpointing:
         for model in (teacher, generator, fake_model if needs_fake else None):
             if model is not None:
@@ -388,8 +393,17 @@ def load_teacher(path: str, family: str = "sd3", dtype: Optional[torch.dtype] = 
     """The teacher transformer from its folder, or from the `transformer/` folder of a pipeline."""
     cls = transformer_class(family)
     folder = pretrained_folder(path, "transformer", "teacher", cls.__name__)
+    if family == "sd3" and _saved_class(folder) == "UNet2DConditionModel":
+        cls = transformer_class("unet")  # the testbed's other teacher (model.arch testbed covers both)
     # use_safetensors: never fall back to a pickled .bin (diffusers would torch.load it).
     return cls.from_pretrained(folder, use_safetensors=True, **({"dtype": dtype} if dtype is not None else {}))
+
+
+def _saved_class(folder: Path) -> Optional[str]:
+    try:
+        return json.loads((Path(folder) / "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None  # from_pretrained gives the error
 
 
 def check_teacher(teacher, spec: Optional[ArchSpec]) -> None:
@@ -397,6 +411,8 @@ def check_teacher(teacher, spec: Optional[ArchSpec]) -> None:
     family = model_family(teacher)
     expected = "sd3" if spec is None else spec.family
     name = "testbed" if spec is None else spec.name
+    if spec is None and family == "unet":
+        return  # the testbed's UNet teacher (swd.models.testbed)
     if family != expected:
         raise SwdError(f"model.arch: {name} needs a {transformer_class(expected).__name__} teacher, "
                        f"got {type(teacher).__name__}")
@@ -428,8 +444,8 @@ def check_data(data, space, schedule: ScaleSchedule, teacher) -> None:
         raise SwdError(f"schedule: final size {pixels}{unit} differs from the data's images "
                        f"{tuple(data.train_images.shape[-2:])}")
     empty = data.empty_condition()
-    joint, pooled = teacher.config.joint_attention_dim, teacher.config.pooled_projection_dim
-    if empty.prompt_embeds.shape[-1] != joint or empty.pooled.shape[-1] != pooled:
+    joint, pooled = text_widths(teacher)  # a UNet without pooled input: pooled None, not checked
+    if empty.prompt_embeds.shape[-1] != joint or (pooled is not None and empty.pooled.shape[-1] != pooled):
         raise SwdError(f"data: prompt embeddings are {empty.prompt_embeds.shape[-1]} wide (pooled "
                        f"{empty.pooled.shape[-1]}), but the teacher takes {joint} (pooled {pooled}); "
                        f"encode them with this model's pipeline")

