@@ -238,10 +238,29 @@ class Reference:
     embeds: torch.Tensor  # (M, D) joint image embeddings
     text_alignment_real: float  # the real images' own image-caption alignment, for scale
     caption_text: torch.Tensor  # (N, D) joint text embeddings of the prompts the samples were made from
+    size: int | None = None  # the sample size the real set was brought to (None: as stored)
+
+
+def at_sample_size(images: torch.Tensor, size: int | None, full: int) -> torch.Tensor:
+    """Images brought to `size` px and back to the evaluator's `full` px.
+
+    A model sampling below the data's size (the 32 px UNet teacher on 64 px data) is scored
+    against real images carrying the same loss of detail: the real set is area-downscaled to
+    `size` (as the trainer builds its targets) and both sides are upsampled bilinearly, so FD
+    measures what the model draws, not the missing resolution.
+    """
+    from swd.sampling import upsample
+
+    if size is None or size == full:
+        return images
+    if images.shape[-1] != size:
+        images = torch.nn.functional.interpolate(images, size=(size, size), mode="area")
+    return upsample(images, (full, full), mode="bilinear").clamp(-1, 1)
 
 
 @torch.no_grad()
-def reference_for(prompts: PromptSet, evaluator) -> Reference:
+def reference_for(prompts: PromptSet, evaluator, size: int | None = None) -> Reference:
+    """`size`: the generated images' size when it differs from the real set's (`at_sample_size`)."""
     from swd.eval.evaluator import extract
     from swd.eval.metrics import text_alignment
 
@@ -249,9 +268,11 @@ def reference_for(prompts: PromptSet, evaluator) -> Reference:
         pooled = encode_pooled_rows(captions, evaluator.cfg.text_max_length, prompts.real_captions)
         return evaluator.text_embed(pooled.to(evaluator.device)).cpu()
 
-    features, embeds = extract(evaluator, prompts.real_images, what="both")
+    full = prompts.real_images.shape[-1]
+    real = at_sample_size(prompts.real_images, size, full)
+    features, embeds = extract(evaluator, real, what="both")
     return Reference(features, embeds, text_alignment(embeds, text_embeds(prompts.real_captions)),
-                     text_embeds(prompts.captions))
+                     text_embeds(prompts.captions), None if size == full else size)
 
 
 def evaluator_for(prompts: PromptSet):
@@ -282,13 +303,17 @@ def score_samples(images: torch.Tensor, prompts: PromptSet, evaluator=None, seed
         raise SwdError(f"images: {len(images)} images for {len(prompts.captions)} prompts")
     if evaluator is None:
         evaluator = evaluator_for(prompts)
-    if reference is None:
-        reference = reference_for(prompts, evaluator)
-    fake_f, fake_e = extract(evaluator, images, what="both")
+    full, size = prompts.real_images.shape[-1], images.shape[-1]
+    size = None if size == full else size
+    if reference is None or reference.size != size:
+        reference = reference_for(prompts, evaluator, size)
+    scored = at_sample_size(images, size, full)
+    fake_f, fake_e = extract(evaluator, scored, what="both")
     result: dict[str, Any] = {
         "evaluator": evaluator.cfg.data,
         "n_fake": len(images),
         "n_real": len(prompts.real_images),
+        "scored_at": size or full,  # px the comparison is made at (at_sample_size)
         "fd": frechet_distance(reference.features, fake_f) if len(images) >= 2 else None,
         "text_alignment": text_alignment(fake_e, reference.caption_text),
         "text_alignment_real": reference.text_alignment_real,
@@ -298,7 +323,7 @@ def score_samples(images: torch.Tensor, prompts: PromptSet, evaluator=None, seed
     else:
         result.update(precision=None, recall=None)
     if lap_swd:
-        lap = lap_sliced_wasserstein(prompts.real_images, images, seed=seed)
+        lap = lap_sliced_wasserstein(at_sample_size(prompts.real_images, size, full), scored, seed=seed)
         result["lap_swd"] = lap["mean"]
         result["lap_swd_levels"] = {str(k): v for k, v in lap["levels"].items()}
     if prompts.samples is not None:
@@ -325,6 +350,10 @@ class TrainingEvaluation:
         images, seconds = sample_images(transformer, self.prompts.captions, schedule, seed=self.seed,
                                         batch_size=self.batch_size, text_tokens=self.text_tokens, device=device,
                                         precision=precision, progress=False, caption_pool=self.prompts.real_captions)
+        size = images.shape[-1]
+        size = None if size == self.prompts.real_images.shape[-1] else size
+        if self.reference.size != size:  # a model sampling below the data's size: prepare once
+            self.reference = reference_for(self.prompts, self.evaluator, size)
         metrics = score_samples(images, self.prompts, self.evaluator, seed=self.seed, reference=self.reference,
                                 lap_swd=False)
         metrics.pop("evaluator")

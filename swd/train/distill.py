@@ -439,7 +439,10 @@ def latent_space(cfg: DistillConfig, spec: Optional[ArchSpec], vae, device, dtyp
 
 def check_data(data, space, schedule: ScaleSchedule, teacher) -> None:
     pixels = space.pixel_size(schedule.final_size)
-    if tuple(data.train_images.shape[-2:]) != tuple(pixels):
+    # Larger images are area-downscaled to every scale anyway (the 32 px UNet teachers train on
+    # the 64 px sets the same way); smaller ones would need upsampling, so they are refused.
+    have = tuple(data.train_images.shape[-2:])
+    if have != tuple(pixels) and (space.downsample != 1 or any(h < p for h, p in zip(have, pixels))):
         unit = "" if space.downsample == 1 else f" (latent {schedule.final_size} x VAE factor {space.downsample})"
         raise SwdError(f"schedule: final size {pixels}{unit} differs from the data's images "
                        f"{tuple(data.train_images.shape[-2:])}")

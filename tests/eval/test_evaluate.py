@@ -190,3 +190,44 @@ def test_shapes_prompts_are_balanced_over_the_held_out_categories():
     assert min(sizes.values()) >= 10  # so that n prompts can hold 10 of each
     counts = Counter(s.category for s in load_prompts("shapes", n).samples)
     assert counts == {category: 10 for category in sizes}
+
+
+def test_at_sample_size_degrades_the_real_set_like_a_low_resolution_model():
+    from swd.eval.evaluate import at_sample_size
+
+    torch.manual_seed(0)
+    small = torch.rand(2, 3, 32, 32) * 2 - 1
+    # Images constant on 2x2 blocks lose nothing at 32 px: area-down then up recovers the blocks
+    # away from the borders (bilinear interpolation blends neighbouring blocks, so compare means).
+    blocky = small.repeat_interleave(2, -1).repeat_interleave(2, -2)
+    back = at_sample_size(blocky, 32, 64)
+    assert back.shape == (2, 3, 64, 64)
+    torch.testing.assert_close(torch.nn.functional.avg_pool2d(back, 2)[..., 4:-4, 4:-4],
+                               torch.nn.functional.avg_pool2d(
+                                   at_sample_size(small, 32, 64), 2)[..., 4:-4, 4:-4])
+    # A 32 px sample and its 64 px real counterpart land on the same 64 px image.
+    torch.testing.assert_close(at_sample_size(small, 32, 64), at_sample_size(blocky, 32, 64))
+    assert at_sample_size(blocky, None, 64) is blocky and at_sample_size(blocky, 64, 64) is blocky
+
+
+def test_samples_below_the_data_size_are_scored_against_a_matching_real_set(evaluator_dir):
+    from swd.eval.evaluate import at_sample_size, load_prompts, reference_for, score_samples
+    from swd.eval.evaluator import load_evaluator
+
+    evaluator = load_evaluator(evaluator_dir)
+    prompts = load_prompts("shapes", 8)
+    real_small = torch.nn.functional.interpolate(prompts.real_images[:8], size=(32, 32), mode="area")
+    result = score_samples(real_small, prompts, evaluator, lap_swd=False)
+    assert result["scored_at"] == 32
+    ref = reference_for(prompts, evaluator, 32)
+    assert ref.size == 32
+    # The reference is the real set brought to 32 px: its first 8 features are exactly those of
+    # the 32 px copies scored above, and FD is the hand-computed one on those features.
+    from swd.eval.evaluator import extract
+    from swd.eval.metrics import frechet_distance
+
+    fake = extract(evaluator, at_sample_size(real_small, 32, 64), what="features")
+    torch.testing.assert_close(ref.features[:8], fake, rtol=1e-4, atol=1e-5)
+    assert result["fd"] == pytest.approx(frechet_distance(ref.features, fake), rel=1e-6)
+    sharp = score_samples(prompts.real_images[:8], prompts, evaluator, lap_swd=False)
+    assert sharp["scored_at"] == 64
