@@ -22,19 +22,21 @@ from swd.train.validation import (
 )
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
-DEFAULT_TEACHER = WEIGHTS / "emoji-teacher"
-DEFAULT_STUDENT = WEIGHTS / "emoji-student"
+# The shapes UNet pair: the CPU-trained testbed whose teacher draws recognisable shapes
+# (docs/RESULTS.md, "Shapes UNet"); the emoji pair is swd/weights/emoji-{teacher,student}.
+DEFAULT_TEACHER = WEIGHTS / "shapes-unet-teacher"
+DEFAULT_STUDENT = WEIGHTS / "shapes-unet-student"
 
-# Held-out emoji prompts (their concepts never appear in training; split by sha256 of the name).
+# Held-out shapes captions (swd.eval.evaluate.load_prompts("shapes"): categories in turn).
 DEMO_PROMPTS = [
-    "noto style: banana",
-    "twitter style: Christmas tree",
-    "fluent style: mushroom",
-    "noto style: birthday cake",
-    "twitter style: glowing star",
-    "fluent style: french fries",
-    "noto style: sunrise",
-    "twitter style: guitar",
+    "a cross",
+    "a circle above a square",
+    "a green triangle and a yellow cross",
+    "a black circle",
+    "two circles",
+    "a triangle below a circle",
+    "a green cross and an orange triangle",
+    "a cross below a triangle",
 ]
 
 
@@ -114,36 +116,45 @@ def _cmd_demo(args) -> int:
 
     check_seed(args.seed, "--seed")
     check_float(args.guidance, "--guidance", 0.0)
-    if not 1 <= args.n <= len(DEMO_PROMPTS):
-        raise SwdError(f"--n: must be between 1 and {len(DEMO_PROMPTS)}, got {args.n}")
+    pool = args.prompt or DEMO_PROMPTS
+    if not 1 <= args.n <= len(pool):
+        raise SwdError(f"--n: must be between 1 and {len(pool)} (the prompts given), got {args.n}")
     check_output_file(args.out, "--out")
     teacher, _ = load_model(args.teacher, "--teacher")
     student, schedule = load_model(args.student, "--student")
     if schedule is None:
         raise SwdError(f"--student: {args.student} has no schedule.yaml (a distilled student folder has one)")
-    prompts = DEMO_PROMPTS[: args.n]
+    prompts = list(pool[: args.n])
     cond, uncond = encode_prompts(prompts)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     # One warm-up call each so the timings below measure sampling, not first-call set-up.
     generate(teacher, "teacher", _first(cond), _first(uncond), 0, teacher_steps=2)
+    generate(teacher, "saved", _first(cond), uncond, 0, saved_schedule=schedule)
     generate(student, "saved", _first(cond), uncond, 0, saved_schedule=schedule)
     timings = {}
     start = time.perf_counter()
     teacher_images = generate(teacher, "teacher", cond, uncond, args.seed, args.guidance, 28)
     timings["teacher"] = time.perf_counter() - start
+    # The teacher in the student's own scale-wise steps, undistilled: what distillation adds.
+    start = time.perf_counter()
+    plain_images = generate(teacher, "saved", cond, uncond, args.seed, saved_schedule=schedule)
+    timings["undistilled"] = time.perf_counter() - start
     start = time.perf_counter()
     student_images = generate(student, "saved", cond, uncond, args.seed, saved_schedule=schedule)
     timings["student"] = time.perf_counter() - start
-    grid = torch.cat([teacher_images, student_images])
+    grid = torch.cat([teacher_images, plain_images, student_images])
     scales = "->".join(str(s[0]) for s in schedule.scales)
-    save_grid(grid, args.out, ncol=len(prompts), labels=prompts + [""] * len(prompts),
-              row_titles=[f"teacher 28 steps CFG {args.guidance}", f"SwD student {schedule.steps} steps {scales} px"])
-    n = len(prompts)
-    print(f"teacher (28 Euler steps, CFG {args.guidance}, 56 forwards at 64 px): {timings['teacher']:.2f} s "
+    save_grid(grid, args.out, ncol=len(prompts), labels=prompts + [""] * (2 * len(prompts)),
+              scale=max(2, 128 // grid.shape[-1]),  # 32 px images get 128 px cells, room for their captions
+              row_titles=[f"teacher 28 steps CFG {args.guidance}", f"teacher, {schedule.steps} scale-wise steps, undistilled",
+                          f"SwD student {schedule.steps} steps {scales} px"])
+    n, size = len(prompts), teacher.config.sample_size
+    print(f"teacher (28 Euler steps, CFG {args.guidance}, 56 forwards at {size} px): {timings['teacher']:.2f} s "
           f"for {n} images ({timings['teacher'] / n * 1000:.0f} ms/image)")
+    print(f"teacher undistilled in the student's {schedule.steps} steps ({scales} px): {timings['undistilled']:.2f} s")
     print(f"SwD student ({schedule.steps} steps, {scales} px): {timings['student']:.2f} s for {n} images "
           f"({timings['student'] / n * 1000:.0f} ms/image); speed-up {timings['teacher'] / timings['student']:.1f}x")
-    print(f"grid: {args.out} (top row teacher, bottom row student)")
+    print(f"grid: {args.out} (rows: teacher, undistilled teacher in {schedule.steps} steps, SwD student)")
     return 0
 
 
@@ -176,7 +187,10 @@ def register(subparsers) -> None:
     d = subparsers.add_parser("demo", help="teacher (28 steps + CFG) beside the SwD student on held-out prompts")
     d.add_argument("--teacher", default=str(DEFAULT_TEACHER))
     d.add_argument("--student", default=str(DEFAULT_STUDENT))
-    d.add_argument("--n", type=int, default=8, help=f"prompts (at most {len(DEMO_PROMPTS)})")
+    d.add_argument("--prompt", action="append", default=None,
+                   help="prompt (repeatable); default: 8 held-out shapes captions. For the emoji pair "
+                        "(swd/weights/emoji-*) give emoji prompts, e.g. 'noto style: banana'")
+    d.add_argument("--n", type=int, default=8, help="prompts to use (at most the number given)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--guidance", type=float, default=4.5)
     d.add_argument("--out", default="demo.png")
