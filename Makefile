@@ -12,8 +12,15 @@ $(STAMP): pyproject.toml scripts/install_data_deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,data]'
+	$(PY) -m pip install -q -e '.[test,data,app]'
 	PYTHON=$(PY) bash scripts/install_data_deps.sh
+	@# Debian's chromium + driver for the browser test of `swd app`; without apt or root it is skipped.
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then echo "chromium: present"; \
+	elif ! command -v apt-get >/dev/null; then echo "warning: no apt-get: the browser test will be skipped" >&2; \
+	else S=""; [ "$$(id -u)" -eq 0 ] || S="sudo -n"; \
+	  { $$S apt-get update -q && DEBIAN_FRONTEND=noninteractive timeout 600 $$S apt-get install -y -q \
+	    --no-install-recommends chromium chromium-driver; } >/dev/null \
+	  || echo "warning: could not install chromium; the browser test will be skipped" >&2; fi
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "swd.demo",
     "swd.eval.eval_commands",
     "swd.eval.report",
+    "swd.app",
 ]
 
 
