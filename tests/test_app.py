@@ -202,3 +202,19 @@ def test_page_in_headless_chromium():
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_missing_model_shows_in_the_page(tmp_path):
+    pytest.importorskip("gradio", reason="gradio not installed (pip install -e '.[app]')")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from swd.app import build_app
+
+    cache = ModelCache(tmp_path / "no-such-student")
+    with pytest.raises(SwdError):
+        cache.get()
+    page = build_app(cache, examples=["a cross"])
+    assert "no-such-student does not exist" in json.dumps(page.get_config_file(), default=str)  # at load
+    generate = next(b.fn for b in page.fns.values() if getattr(b.fn, "__name__", "") == "generate")
+    status, timings, *galleries = generate("a cross", 0, 1, 4.5)  # and on Generate, with no images
+    assert "no-such-student does not exist" in status and "\n" not in status
+    assert timings == "" and all(g == [] for g in galleries)
