@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The shapes UNet rows of docs/RESULTS.md ("Shapes UNet"), as run on 2026-12-02 on the 2-core
+# CPU machine (one thread per job, two or three jobs at a time). Teacher: ~75 min; each
+# DMD-based student ~17-30 min, MMD-only ~2.5 min; evaluations ~1 min each, fidelity ~15 min.
+set -euo pipefail
+export OMP_NUM_THREADS=1
+C=configs/testbed/swd-shapes-unet-cpu.yaml
+D=docs/results/shapes-unet
+E="swd eval run --prompts shapes --n 120 --seed 0 --threads 1 --no-progress"
+
+# 1. Teacher: stopped by hand after the step-3300 checkpoint (73.0 min in log.jsonl).
+swd train-teacher --config configs/testbed/teacher-shapes-unet-cpu.yaml
+swd export --checkpoint runs/teacher-shapes-unet-cpu/checkpoints/step_00003300 --weights ema \
+  --out swd/weights/shapes-unet-teacher
+
+# 2. Students, 104 generator steps, batch 32, seed 0 (FD and shapes accuracy every 26 steps).
+swd distill --config $C --set train.eval_n=120                                   # swd
+swd distill --config $C --set objective=mmd-only --set run_dir=runs/mmd-shapes-unet-cpu
+swd distill --config $C --set objective=dmd-only --set run_dir=runs/dmd-shapes-unet-cpu
+swd distill --config $C --set objective=dmd2-full --set schedule=configs/schedules/testbed32-full-4.yaml \
+  --set run_dir=runs/dmd2full-shapes-unet-cpu                                    # full-res DMD2 baseline
+
+# 3. Scores (N = 120 balanced held-out captions).
+T=swd/weights/shapes-unet-teacher
+$E --model $T --schedule teacher --out $D/1-teacher-28-cfg
+$E --model $T --schedule configs/schedules/testbed32-full-4.yaml --out $D/2-undistilled-full-4
+$E --model $T --schedule configs/schedules/testbed32-4.yaml --out $D/3-undistilled-swd-4
+$E --model runs/dmd2full-shapes-unet-cpu/student --out $D/4-dmd2-full-4
+$E --model runs/swd-shapes-unet-cpu/student --out $D/5-swd-4
+$E --model runs/mmd-shapes-unet-cpu/student --out $D/6-mmd-only-4
+$E --model runs/dmd-shapes-unet-cpu/student --out $D/7-dmd-only-4
+python scripts/shapes_unet_fidelity.py --out $D/fidelity.json swd-4=runs/swd-shapes-unet-cpu/student \
+  mmd-only-4=runs/mmd-shapes-unet-cpu/student dmd-only-4=runs/dmd-shapes-unet-cpu/student \
+  dmd2-full-4=runs/dmd2full-shapes-unet-cpu/student
+swd report --evals $D --out docs/RESULTS.md --name shapes-unet --plots $D \
+  --logs swd=runs/swd-shapes-unet-cpu/log.jsonl mmd-only=runs/mmd-shapes-unet-cpu/log.jsonl \
+  dmd-only=runs/dmd-shapes-unet-cpu/log.jsonl dmd2-full=runs/dmd2full-shapes-unet-cpu/log.jsonl
+swd demo --out $D/demo.png
