@@ -58,6 +58,12 @@ def test_config_file_errors_name_the_file(tmp_path):
 def test_shipped_recipes_pass_validation(path):
     from swd.train.distill import DistillConfig
 
+    if path.parent.name == "schedules":  # scale schedules, validated on load
+        from swd.schedules import ScaleSchedule
+
+        schedule = ScaleSchedule.load(path)
+        assert schedule.name == path.stem and schedule.final_size == (32, 32)
+        return
     distill = "swd" in path.name or path.parent.name == "real"
     cfg = load_config(DistillConfig if distill else TeacherConfig, path)
     (check_distill_config if distill else check_teacher_config)(cfg)
