@@ -148,12 +148,21 @@ def _cmd_demo(args) -> int:
               scale=max(2, 128 // grid.shape[-1]),  # 32 px images get 128 px cells, room for their captions
               row_titles=[f"teacher 28 steps CFG {args.guidance}", f"teacher, {schedule.steps} scale-wise steps, undistilled",
                           f"SwD student {schedule.steps} steps {scales} px"])
+    from swd.eval.flops import model_sampling_flops
+
     n, size = len(prompts), teacher.config.sample_size
-    print(f"teacher (28 Euler steps, CFG {args.guidance}, 56 forwards at {size} px): {timings['teacher']:.2f} s "
-          f"for {n} images ({timings['teacher'] / n * 1000:.0f} ms/image)")
-    print(f"teacher undistilled in the student's {schedule.steps} steps ({scales} px): {timings['undistilled']:.2f} s")
+    tokens = cond.prompt_embeds.shape[1]
+    gflops = {"teacher": model_sampling_flops(teacher, None, tokens, 28, args.guidance) / 1e9,
+              "undistilled": model_sampling_flops(teacher, schedule, tokens) / 1e9,
+              "student": model_sampling_flops(student, schedule, tokens) / 1e9}
+    print(f"teacher (28 Euler steps, CFG {args.guidance}, {56 if args.guidance != 1 else 28} forwards at {size} px): "
+          f"{timings['teacher']:.2f} s for {n} images ({timings['teacher'] / n * 1000:.0f} ms/image, "
+          f"{gflops['teacher']:.2f} GFLOPs/image)")
+    print(f"teacher undistilled in the student's {schedule.steps} steps ({scales} px): {timings['undistilled']:.2f} s "
+          f"({gflops['undistilled']:.2f} GFLOPs/image)")
     print(f"SwD student ({schedule.steps} steps, {scales} px): {timings['student']:.2f} s for {n} images "
-          f"({timings['student'] / n * 1000:.0f} ms/image); speed-up {timings['teacher'] / timings['student']:.1f}x")
+          f"({timings['student'] / n * 1000:.0f} ms/image, {gflops['student']:.2f} GFLOPs/image); "
+          f"speed-up {timings['teacher'] / timings['student']:.1f}x")
     print(f"grid: {args.out} (rows: teacher, undistilled teacher in {schedule.steps} steps, SwD student)")
     return 0
 

@@ -28,7 +28,7 @@ def test_demo_writes_grid_and_times(tiny_models, tmp_path, capsys):
     assert main(["demo", "--teacher", str(teacher), "--student", str(student), "--n", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "teacher (28 Euler steps" in printed and "SwD student (3 steps, 8->12->16 px)" in printed
-    assert "speed-up" in printed and "teacher undistilled in the student's 3 steps" in printed
+    assert "speed-up" in printed and printed.count("GFLOPs/image") == 3 and "teacher undistilled in the student's 3 steps" in printed
     image = Image.open(out)
     assert image.width > 2 * 32 and image.height > 3 * 32  # three rows of two 16 px images, upscaled
 
