@@ -45,6 +45,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from swd.errors import SwdError
+from swd.hub import resolve
 
 LORA_FORMATS = ("peft", "diffusers", "comfyui")
 
@@ -169,14 +170,13 @@ def _strip_prefix(config: Optional[dict], prefix: str) -> Optional[dict]:
 def read_lora(source) -> LoraFile:
     """Read a LoRA from a PEFT adapter folder, a diffusers LoRA folder, a .safetensors file or a state dict.
 
-    Nothing is downloaded: a path must exist locally.
+    A string that is not an existing path may be a Hub id (`owner/name` or `owner/name/file`),
+    read through huggingface_hub's cache (swd.hub.resolve; HF_HUB_OFFLINE honoured).
     """
     if isinstance(source, dict):
         sd = dict(source)
         return LoraFile(sd, detect_lora_format(sd))
-    path = Path(source)
-    if not path.exists():
-        raise SwdError(f"lora: {path} does not exist (only local files and folders are read)")
+    path = resolve(source, what="lora")
     config = None
     if path.is_dir():
         if (path / PEFT_CONFIG_NAME).is_file():
