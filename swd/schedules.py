@@ -258,6 +258,31 @@ def _preset_table() -> dict[str, ScaleSchedule]:
 PRESETS: dict[str, ScaleSchedule] = _preset_table()
 
 
+def from_authors(scales, sigmas, timesteps=None, name: str = "authors") -> ScaleSchedule:
+    """The authors' call style: latent `scales` per step and `sigmas` with or without the trailing 0.
+
+    `timesteps`, when given, must equal 1000 * sigma per step (within 1e-3 * 1000).
+    """
+    if scales is None or sigmas is None:
+        raise SwdError("scales: the authors' call style needs both scales= and sigmas=")
+    try:
+        sigmas = [float(s) for s in sigmas]
+    except (TypeError, ValueError):
+        raise SwdError(f"sigmas: expected a list of numbers, got {sigmas!r}") from None
+    scales = list(scales)
+    if len(sigmas) == len(scales) + 1 and sigmas[-1] == 0.0:
+        sigmas = sigmas[:-1]
+    if len(sigmas) != len(scales):
+        raise SwdError(f"sigmas: {len(sigmas)} values for {len(scales)} scales (one per step, optionally a trailing 0)")
+    if timesteps is not None:
+        steps = [float(t) for t in timesteps]
+        if steps and len(steps) == len(sigmas) + 1 and steps[-1] == 0.0:
+            steps = steps[:-1]
+        if len(steps) != len(sigmas) or any(abs(t - 1000 * s) > 1.0 for t, s in zip(steps, sigmas)):
+            raise SwdError(f"timesteps: {list(timesteps)} do not equal 1000 * sigmas {sigmas}")
+    return ScaleSchedule(scales=tuple(scales), sigmas=tuple(sigmas), name=name)
+
+
 def get_preset(name: str) -> ScaleSchedule:
     try:
         return PRESETS[name]

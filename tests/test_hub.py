@@ -74,3 +74,17 @@ def test_a_local_path_wins_and_bad_sources_are_named(tmp_path, offline_cache):
     assert split_hub_id("a/b/c.safetensors") == ("a/b", "c.safetensors")
     with pytest.raises(SwdError, match="not a local path"):
         resolve("missing.safetensors", what="lora")
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_the_authors_call_style_gives_the_schedule_style_images(family):
+    from tests.pipelines import TINY_SCHEDULE
+    from tests.pipelines import test_flux, test_sd3
+    module = test_sd3 if family == "sd3" else test_flux
+    pipe = module.make_pipe()
+    ours = module.run(pipe, prompt="a cat")
+    theirs = module.run(pipe, prompt="a cat", schedule=None, scales=[8, 12, 16, 24], sigmas=list(TINY_SCHEDULE.sigmas) + [0.0],
+                        timesteps=[1000 * s for s in TINY_SCHEDULE.sigmas])
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=0)
+    with pytest.raises(SwdError, match="timesteps"):
+        module.run(pipe, prompt="a cat", schedule=None, scales=[8, 12, 16, 24], sigmas=TINY_SCHEDULE.sigmas, timesteps=[1, 2, 3, 4])

@@ -103,6 +103,16 @@ def check_embed_widths(prompt_embeds, pooled, joint_dim: int, pooled_dim: int, n
         raise SwdError(f"{names[1]}: last dimension {pooled.shape[-1]} does not match the transformer's {pooled_dim}")
 
 
+def authors_schedule(schedule, scales=None, sigmas=None, timesteps=None):
+    """`scales=`/`sigmas=` (the authors' call style) become a ScaleSchedule; else `schedule` as given."""
+    if scales is None and sigmas is None:
+        return schedule
+    if schedule is not None:
+        raise SwdError("schedule: pass either schedule= or scales=/sigmas=, not both")
+    from swd.schedules import from_authors
+    return from_authors(scales, sigmas, timesteps)
+
+
 def check_schedule(schedule, adapter, default: str) -> ScaleSchedule:
     """Resolve a preset name, a schedule file or a ScaleSchedule and check it fits the transformer."""
     schedule = default if schedule is None else schedule

@@ -25,6 +25,7 @@ from swd.pipelines.common import (
     check_common,
     check_embed_widths,
     check_prompts,
+    authors_schedule,
     check_schedule,
     unwrap_transformer,
 )
@@ -137,6 +138,9 @@ class SwDFluxPipeline(ScaleWisePipelineMixin, FluxPipeline):
         prompt_2: PromptArg = None,
         *,
         schedule: Union[str, ScaleSchedule, None] = None,
+        scales=None,
+        sigmas=None,
+        timesteps=None,
         guidance_scale: float = default_guidance,
         num_images_per_prompt: int = 1,
         generator: Optional[torch.Generator] = None,
@@ -159,6 +163,8 @@ class SwDFluxPipeline(ScaleWisePipelineMixin, FluxPipeline):
         callback: called after every step as callback(step=, x=, sigma=, x0=), on unpacked latents.
         Returns FluxPipelineOutput(images=...), or (images,) with return_dict=False.
         """
+        # The authors' call style: scales= and sigmas= (trailing 0 optional), timesteps= checked.
+        schedule = authors_schedule(schedule, scales, sigmas, timesteps)
         schedule = self.check_inputs(
             prompt,
             prompt_2,

@@ -31,6 +31,7 @@ from swd.pipelines.common import (
     check_embed_widths,
     check_negative_prompts,
     check_prompts,
+    authors_schedule,
     check_schedule,
     unwrap_transformer,
 )
@@ -183,6 +184,9 @@ class SwDStableDiffusion3Pipeline(ScaleWisePipelineMixin, StableDiffusion3Pipeli
         prompt_3: PromptArg = None,
         *,
         schedule: Union[str, ScaleSchedule, None] = None,
+        scales=None,
+        sigmas=None,
+        timesteps=None,
         negative_prompt: PromptArg = None,
         negative_prompt_2: PromptArg = None,
         negative_prompt_3: PromptArg = None,
@@ -214,6 +218,8 @@ class SwDStableDiffusion3Pipeline(ScaleWisePipelineMixin, StableDiffusion3Pipeli
         callback: called after every step as callback(step=, x=, sigma=, x0=).
         Returns StableDiffusion3PipelineOutput(images=...), or (images,) with return_dict=False.
         """
+        # The authors' call style: scales= and sigmas= (trailing 0 optional), timesteps= checked.
+        schedule = authors_schedule(schedule, scales, sigmas, timesteps)
         schedule = self.check_inputs(
             prompt,
             prompt_2,
