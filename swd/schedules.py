@@ -248,6 +248,9 @@ def _preset_table() -> dict[str, ScaleSchedule]:
     add("sd35-medium-6", [32, 48, 64, 80, 96, 128], [0, 4, 7, 12, 14, 18], "SD3.5 Medium 6-step, 1024 px (latent 32 -> 128)")
     add("sd35-medium-4-wide", [32, 64, 96, 128], [0, 4, 12, 18], "SD3.5 Medium 4-step, older wide preset (latent 32 -> 128)")
     add("flux-dev-4", [64, 80, 96, 128], [0, 7, 14, 18], "FLUX.1-dev 4-step, 1024 px (latent 64 -> 128, packed 2x2)")
+    # The authors' names for the same published schedules (spec section 2).
+    add("sd35-medium-4", [64, 80, 96, 128], [0, 7, 14, 18], "SD3.5 Medium 4-step, 1024 px (latent 64 -> 128)")
+    add("flux-4", [64, 80, 96, 128], [0, 7, 14, 18], "FLUX.1-dev 4-step, 1024 px (latent 64 -> 128, packed 2x2)")
     # The testbed is a 64 px pixel-space model: the same sigmas at half the relative sizes.
     add("testbed-4", [32, 40, 48, 64], [0, 7, 14, 18], "64 px testbed 4-step (32 -> 64 px)")
     add("testbed-6", [16, 24, 32, 40, 48, 64], [0, 4, 7, 12, 14, 18], "64 px testbed 6-step (16 -> 64 px)")
@@ -256,6 +259,9 @@ def _preset_table() -> dict[str, ScaleSchedule]:
 
 
 PRESETS: dict[str, ScaleSchedule] = _preset_table()
+
+# Preset -> the authors' published checkpoint (Hub id) it samples; only ids checked so far.
+CHECKPOINTS: dict[str, str] = {"sd35-large-4": "yresearch/swd-large-4-steps"}
 
 
 def from_authors(scales, sigmas, timesteps=None, name: str = "authors") -> ScaleSchedule:
