@@ -106,18 +106,21 @@ def default_model_dirs() -> tuple[Path, Path]:
     return DEFAULT_TEACHER, DEFAULT_STUDENT
 
 
+def distill_config(student_dir: Path) -> dict:
+    """The run config shipped in a student folder (distill-config.yaml), or {} if absent or unreadable."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((student_dir / "distill-config.yaml").read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def teacher_of(student_dir: Path) -> Path | None:
     """The teacher folder a student's distill-config.yaml names, if it exists (as written, or
     relative to the repository that ships the weights)."""
-    import yaml
-
-    config = student_dir / "distill-config.yaml"
-    if not config.is_file():
-        return None
-    try:
-        teacher = (yaml.safe_load(config.read_text()) or {}).get("teacher")
-    except (yaml.YAMLError, AttributeError, OSError):
-        return None
+    teacher = distill_config(student_dir).get("teacher")
     if not isinstance(teacher, str) or not teacher:
         return None
     package_root = Path(__file__).resolve().parent.parent
@@ -125,22 +128,6 @@ def teacher_of(student_dir: Path) -> Path | None:
         if (candidate / "config.json").is_file():
             return candidate
     return None
-
-
-def _text_tokens(student_dir: Path) -> int:
-    import yaml
-
-    from swd.eval.evaluate import text_tokens_of
-
-    config = student_dir / "distill-config.yaml"
-    if config.is_file():
-        try:
-            tokens = (yaml.safe_load(config.read_text()) or {}).get("data", {}).get("text_tokens")
-        except (yaml.YAMLError, AttributeError, OSError):
-            tokens = None
-        if isinstance(tokens, int) and tokens > 1:
-            return tokens
-    return text_tokens_of(student_dir)
 
 
 def load_models(student: str | Path | None = None, teacher: str | Path | None = None) -> Models:
@@ -175,7 +162,9 @@ def load_models(student: str | Path | None = None, teacher: str | Path | None = 
     from swd.data.text import minilm_path
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
-    return Models(teacher_model, student_model, schedule, _text_tokens(student_dir), teacher_dir, student_dir,
+    from swd.eval.evaluate import text_tokens_of
+
+    return Models(teacher_model, student_model, schedule, text_tokens_of(student_dir), teacher_dir, student_dir,
                   tokenizer)
 
 
@@ -294,13 +283,8 @@ def compare(models: Models, prompt: str, seed: int = 0, n: int = 2, guidance: fl
 
 def _data_name(student_dir: Path | None) -> str:
     """The training data of a student (its distill-config.yaml data.name), else "shapes"."""
-    import yaml
-
-    config = (student_dir or default_model_dirs()[1]) / "distill-config.yaml"
-    try:
-        name = (yaml.safe_load(config.read_text()) or {}).get("data", {}).get("name")
-    except (yaml.YAMLError, AttributeError, OSError):
-        name = None
+    data = distill_config(student_dir or default_model_dirs()[1]).get("data")
+    name = data.get("name") if isinstance(data, dict) else None
     return name if name in ("shapes", "emoji") else "shapes"
 
 
@@ -485,7 +469,7 @@ def register(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--model", default=None, help="SwD student folder (config.json + schedule.yaml); "
-                   "default: the shipped emoji student")
+                   "default: the shipped shapes UNet student")
     p.add_argument("--teacher", default=None, help="teacher folder; default: the one the student's "
-                   "distill-config.yaml names, else the shipped emoji teacher")
+                   "distill-config.yaml names, else the shipped shapes UNet teacher")
     p.set_defaults(func=_cmd_app)

@@ -131,9 +131,11 @@ def resolve_eval_schedule(spec: str | None, folder: Path | None):
 
 
 def text_tokens_of(folder: Path | None) -> int:
-    """data.text_tokens of the run that wrote the folder (its parent's config.yaml), else 16."""
+    """data.text_tokens of the run that wrote the folder (its parent's config.yaml, or the run
+    config shipped inside it: distill-config.yaml / teacher-config.yaml), else 16."""
     if folder is not None:
-        for config in (folder / "config.yaml", folder.parent / "config.yaml"):
+        for config in (folder / "config.yaml", folder / "distill-config.yaml", folder / "teacher-config.yaml",
+                       folder.parent / "config.yaml"):
             if config.is_file():
                 import yaml
 
@@ -258,6 +260,12 @@ def at_sample_size(images: torch.Tensor, size: int | None, full: int) -> torch.T
     return upsample(images, (full, full), mode="bilinear").clamp(-1, 1)
 
 
+def sample_size_of(images: torch.Tensor, prompts: PromptSet) -> int | None:
+    """The generated images' size where it differs from the real set's, else None (as stored)."""
+    size = images.shape[-1]
+    return None if size == prompts.real_images.shape[-1] else size
+
+
 @torch.no_grad()
 def reference_for(prompts: PromptSet, evaluator, size: int | None = None) -> Reference:
     """`size`: the generated images' size when it differs from the real set's (`at_sample_size`)."""
@@ -303,8 +311,7 @@ def score_samples(images: torch.Tensor, prompts: PromptSet, evaluator=None, seed
         raise SwdError(f"images: {len(images)} images for {len(prompts.captions)} prompts")
     if evaluator is None:
         evaluator = evaluator_for(prompts)
-    full, size = prompts.real_images.shape[-1], images.shape[-1]
-    size = None if size == full else size
+    full, size = prompts.real_images.shape[-1], sample_size_of(images, prompts)
     if reference is None or reference.size != size:
         reference = reference_for(prompts, evaluator, size)
     scored = at_sample_size(images, size, full)
@@ -350,8 +357,7 @@ class TrainingEvaluation:
         images, seconds = sample_images(transformer, self.prompts.captions, schedule, seed=self.seed,
                                         batch_size=self.batch_size, text_tokens=self.text_tokens, device=device,
                                         precision=precision, progress=False, caption_pool=self.prompts.real_captions)
-        size = images.shape[-1]
-        size = None if size == self.prompts.real_images.shape[-1] else size
+        size = sample_size_of(images, self.prompts)
         if self.reference.size != size:  # a model sampling below the data's size: prepare once
             self.reference = reference_for(self.prompts, self.evaluator, size)
         metrics = score_samples(images, self.prompts, self.evaluator, seed=self.seed, reference=self.reference,
