@@ -4,6 +4,11 @@ A denoiser is any callable `denoiser(x, sigma) -> v` with x of shape (B, C, H, W
 shape (B,) and v ~ eps - x0 (flow matching, SD3/FLUX convention: x_sigma = (1 - sigma) x0 +
 sigma eps). Bind the prompt with `conditioned` or `guided` (classifier-free guidance).
 
+Noise-prediction UNets (SD1.5, SDXL) use another forward process: `swd.processes.DDPMProcess`
+gives it and the clean estimate from an epsilon or v prediction; the scale-wise sampler takes it
+as `process=` (rectified flow, `FLOW`, by default). There sigma is the DDPM timestep over the
+number of train timesteps, as in the authors' SDXL call (`timesteps = 1000 * sigmas`).
+
 Noise is drawn from an explicit torch.Generator on the CPU and then moved to the device, so a
 seed gives the same samples on every device.
 """
@@ -17,6 +22,7 @@ import torch.nn.functional as F
 
 from swd.errors import SwdError
 from swd.models.base import TextCondition
+from swd.processes import DDPM_PREDICTIONS, FLOW, DDPMProcess, FlowProcess, process_from_scheduler_config, sdxl_process
 from swd.schedules import ScaleSchedule, flow_sigmas
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -52,10 +58,7 @@ def upsample(x: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> t
 
 def add_noise(x0: torch.Tensor, sigma, eps: torch.Tensor) -> torch.Tensor:
     """Forward process x_sigma = (1 - sigma) x0 + sigma eps; sigma a number or (B,)."""
-    sigma = torch.as_tensor(sigma, dtype=x0.dtype, device=x0.device)
-    if sigma.ndim == 1:
-        sigma = sigma.view(-1, *([1] * (x0.ndim - 1)))
-    return (1 - sigma) * x0 + sigma * eps
+    return FLOW.add_noise(x0, sigma, eps)
 
 
 def conditioned(model, cond: TextCondition) -> Denoiser:
@@ -94,13 +97,17 @@ def sample_scalewise(
     order: Literal["upsample_then_noise", "noise_then_upsample"] = "upsample_then_noise",
     noise: Optional[torch.Tensor] = None,
     callback: Optional[Callback] = None,
+    process=None,
 ) -> torch.Tensor:
     """Scale-wise few-step sampling (SWD_SPEC section 3); returns x0 at the final scale.
 
     Step i: v = G(x, sigma_i); x0 = x - sigma_i v. Between steps, x0 is upsampled to the next
     scale and re-noised with fresh noise to sigma_{i+1}. With a constant scale this is the
-    ordinary full-resolution few-step (DMD2-style) sampler.
+    ordinary full-resolution few-step (DMD2-style) sampler. `process` (default FLOW) gives the
+    clean estimate and the re-noising; a DDPMProcess makes this the LCM-style multistep sampler
+    of a noise-prediction model.
     """
+    process = FLOW if process is None else process
     if order not in ORDERS:
         raise SwdError(f"order: unknown {order!r}; choose one of {', '.join(ORDERS)}")
     if upsample_mode not in UPSAMPLE_MODES:
@@ -116,7 +123,7 @@ def sample_scalewise(
     for i, sigma in enumerate(schedule.sigmas):
         sigma_vec = torch.full((batch_size,), sigma, device=x.device, dtype=torch.float32)
         v = denoiser(x, sigma_vec)
-        x0 = x - sigma * v
+        x0 = process.x0(x, sigma, v)
         if callback is not None:
             callback(step=i, x=x, sigma=sigma, x0=x0)
         if i == schedule.steps - 1:
@@ -125,10 +132,10 @@ def sample_scalewise(
         if order == "upsample_then_noise":
             x0_up = upsample(x0, next_size, upsample_mode)
             eps = randn(x0_up.shape, generator, x0_up.device, x0_up.dtype)
-            x = add_noise(x0_up, next_sigma, eps)
+            x = process.add_noise(x0_up, next_sigma, eps)
         else:
             eps = randn(x0.shape, generator, x0.device, x0.dtype)
-            x = upsample(add_noise(x0, next_sigma, eps), next_size, upsample_mode)
+            x = upsample(process.add_noise(x0, next_sigma, eps), next_size, upsample_mode)
     raise AssertionError("unreachable: a schedule has at least one step")
 
 

@@ -17,8 +17,8 @@ ADAPTERS = {
 def adapter_for(transformer, **kwargs):
     """Pick the adapter from the model's class name (diffusers model classes).
 
-    Keyword arguments go to adapters that take them (FLUX: guidance; UNet: prediction); the
-    others ignore them, so a caller can pass one set for any family.
+    Keyword arguments go to adapters that take them (FLUX: guidance; UNet: prediction, process,
+    vae_scale_factor); the others ignore them, so a caller can pass one set for any family.
     """
     from swd.errors import SwdError
 
@@ -28,7 +28,8 @@ def adapter_for(transformer, **kwargs):
     if name == "SD3Transformer2DModel":
         return SD3Adapter(transformer)
     if name == "UNet2DConditionModel":
-        return UNetAdapter(transformer, **{k: v for k, v in kwargs.items() if k == "prediction"})
+        unet_keys = ("prediction", "process", "vae_scale_factor")
+        return UNetAdapter(transformer, **{k: v for k, v in kwargs.items() if k in unet_keys})
     return FluxAdapter(transformer, **kwargs)
 
 
@@ -37,10 +38,16 @@ def text_widths(model) -> tuple[int, int | None]:
     adapter, or its config) takes.
 
     SD3 and FLUX: joint_attention_dim and pooled_projection_dim. A UNet (cross_attention_dim):
-    the pooled width only when it was built to take the pooled vector, else None (unused).
+    the pooled width only when it was built to take the pooled vector, else None (unused); SDXL's
+    added embedding takes the pooled vector beside 6 time-id embeddings of addition_time_embed_dim.
     """
     config = getattr(model, "config", model)
     if "joint_attention_dim" in config:
         return config["joint_attention_dim"], config["pooled_projection_dim"]
+    if config.get("addition_embed_type") == "text_time":
+        from swd.models.unet import TIME_IDS
+
+        pooled = config["projection_class_embeddings_input_dim"] - TIME_IDS * config["addition_time_embed_dim"]
+        return config["cross_attention_dim"], pooled
     pooled = config.get("projection_class_embeddings_input_dim") if config.get("class_embed_type") == "projection" else None
     return config["cross_attention_dim"], pooled

@@ -19,10 +19,15 @@ from swd.errors import SwdError
 
 @dataclass
 class TextCondition:
-    """Encoded prompts: token states (B, L, D_joint) and a pooled vector (B, D_pooled)."""
+    """Encoded prompts: token states (B, L, D_joint) and a pooled vector (B, D_pooled).
+
+    time_ids: SDXL's added micro-conditions (B, 6): original size, crop top-left, target size in
+    pixels; None lets the adapter derive them from the latent size (only SDXL-style UNets read them).
+    """
 
     prompt_embeds: torch.Tensor
     pooled: torch.Tensor
+    time_ids: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.prompt_embeds.ndim != 3 or self.pooled.ndim != 2:
@@ -32,34 +37,40 @@ class TextCondition:
             )
         if self.prompt_embeds.shape[0] != self.pooled.shape[0]:
             raise SwdError("condition: prompt_embeds and pooled have different batch sizes")
+        if self.time_ids is not None and (self.time_ids.ndim != 2 or self.time_ids.shape[0] != self.pooled.shape[0]):
+            raise SwdError(f"condition: time_ids must be (B, n) with B = {self.pooled.shape[0]}, got {tuple(self.time_ids.shape)}")
+
+    def _map(self, fn) -> "TextCondition":
+        time_ids = None if self.time_ids is None else fn(self.time_ids)
+        return TextCondition(fn(self.prompt_embeds), fn(self.pooled), time_ids)
 
     @property
     def batch_size(self) -> int:
         return self.prompt_embeds.shape[0]
 
     def to(self, *args, **kwargs) -> "TextCondition":
-        return TextCondition(self.prompt_embeds.to(*args, **kwargs), self.pooled.to(*args, **kwargs))
+        return self._map(lambda t: t.to(*args, **kwargs))
 
     def repeat(self, n: int) -> "TextCondition":
         """Each prompt n times in a row: (p0, p0, ..., p1, p1, ...)."""
-        return TextCondition(
-            self.prompt_embeds.repeat_interleave(n, dim=0), self.pooled.repeat_interleave(n, dim=0)
-        )
+        return self._map(lambda t: t.repeat_interleave(n, dim=0))
 
     def expand_to(self, batch: int) -> "TextCondition":
         """Broadcast a single prompt (batch 1) to `batch` samples; other sizes must already match."""
         if self.batch_size == batch:
             return self
         if self.batch_size == 1:
-            return TextCondition(
-                self.prompt_embeds.expand(batch, -1, -1), self.pooled.expand(batch, -1)
-            )
+            return self._map(lambda t: t.expand(batch, *t.shape[1:]))
         raise SwdError(f"condition: batch of {self.batch_size} prompts does not match {batch} latents")
 
     @staticmethod
     def cat(conds: list["TextCondition"]) -> "TextCondition":
+        with_ids = [c.time_ids is not None for c in conds]
+        if any(with_ids) and not all(with_ids):
+            raise SwdError("condition: cannot batch conditions with and without time_ids")
+        time_ids = torch.cat([c.time_ids for c in conds]) if all(with_ids) else None
         return TextCondition(
-            torch.cat([c.prompt_embeds for c in conds]), torch.cat([c.pooled for c in conds])
+            torch.cat([c.prompt_embeds for c in conds]), torch.cat([c.pooled for c in conds]), time_ids
         )
 
 

@@ -1,9 +1,15 @@
 """Adapter over diffusers' UNet2DConditionModel (the testbed's convolutional teacher; SD-family UNets).
 
 The UNet sees the text through cross-attention to the token states (`prompt_embeds`); the pooled
-vector is used only when the UNet was built to take it (`class_embed_type="projection"`). Its
-blocks, in the order the forward runs them, are down_blocks + [mid_block] + up_blocks, so the
+vector is used when the UNet was built to take it: as a class embedding
+(`class_embed_type="projection"`, the testbed) or, for SDXL (`addition_embed_type="text_time"`),
+as the added text embedding beside the six time ids (original size, crop top-left, target size).
+Its blocks, in the order the forward runs them, are down_blocks + [mid_block] + up_blocks, so the
 middle block index is the mid block for a symmetric UNet.
+
+prediction "flow" (the testbed) returns velocity; "epsilon" / "v_prediction" (SD1.5, SDXL) return
+the UNet's own output, and `adapter.process` (a `swd.processes.DDPMProcess`) turns it into x0 and
+gives the forward process. Either way the sampler calls `process.x0(x, sigma, output)`.
 """
 
 from __future__ import annotations
@@ -13,8 +19,17 @@ from torch import nn
 
 from swd.errors import SwdError
 from swd.models.base import FeatureCapture, TextCondition, check_block_index, sigma_vector
+from swd.processes import FLOW, DDPMProcess, sdxl_process
 
-PREDICTIONS = ("flow",)  # epsilon / v-prediction UNets (SD1.5, SDXL) are issue 14
+PREDICTIONS = ("flow", "epsilon", "v_prediction")
+ADDED_CONDITIONS = (None, "text_time")  # "text_time": SDXL's pooled text + time ids
+TIME_IDS = 6  # SDXL: original (h, w), crop (top, left), target (h, w)
+
+
+def sdxl_time_ids(height: int, width: int, batch: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """SDXL's micro-conditions for an uncropped image of (height, width) px: (B, 6)."""
+    row = torch.tensor([height, width, 0, 0, height, width], dtype=dtype, device=device)
+    return row.expand(batch, TIME_IDS)
 
 
 class _UNetCapture(FeatureCapture):
@@ -33,17 +48,29 @@ class UNetAdapter(nn.Module):
     2 ** (levels - 1) works, so that factor plays the role of the patch size.
     """
 
-    def __init__(self, unet: nn.Module, prediction: str = "flow"):
+    def __init__(self, unet: nn.Module, prediction: str = "flow", process: DDPMProcess | None = None,
+                 vae_scale_factor: int = 8):
         super().__init__()
         if prediction not in PREDICTIONS:
-            raise SwdError(f"prediction: {prediction!r} is not supported for UNets yet; supported: "
+            raise SwdError(f"prediction: {prediction!r} is not supported for UNets; supported: "
                            f"{', '.join(PREDICTIONS)}")
         extra = unet.config.addition_embed_type
-        if extra is not None:
-            # SDXL-style added conditioning needs time ids and a second text encoder: not wired.
-            raise SwdError(f"model: UNets with addition_embed_type={extra!r} are not supported")
+        if extra not in ADDED_CONDITIONS:
+            raise SwdError(f"model: UNets with addition_embed_type={extra!r} are not supported "
+                           "(only none and SDXL's 'text_time')")
+        if prediction == "flow":
+            if process is not None and process is not FLOW:
+                raise SwdError("process: a flow-prediction UNet takes the flow process")
+            process = FLOW
+        elif process is None:
+            process = sdxl_process(prediction)
+        elif getattr(process, "prediction", None) != prediction:
+            raise SwdError(f"process: predicts {getattr(process, 'prediction', 'flow')!r}, the UNet {prediction!r}")
         self.unet = unet
         self.prediction = prediction
+        self.process = process
+        # Pixels per latent pixel: SDXL's time ids are in image pixels.
+        self.vae_scale_factor = vae_scale_factor
         self._capture = _UNetCapture()
 
     @property
@@ -94,22 +121,35 @@ class UNetAdapter(nn.Module):
             raise SwdError(f"latents: size {h}x{w} is not divisible by the UNet's downsampling "
                            f"factor {self.patch_size}")
 
+    def added_conditions(self, x: torch.Tensor, cond: TextCondition) -> dict | None:
+        """SDXL's added_cond_kwargs: the pooled text and the time ids (given, or an uncropped image of
+        the current latent size times the VAE factor, so every scale sees its own size)."""
+        if self.config.addition_embed_type != "text_time":
+            return None
+        time_ids = cond.time_ids
+        if time_ids is None:
+            h, w = x.shape[-2:]
+            time_ids = sdxl_time_ids(h * self.vae_scale_factor, w * self.vae_scale_factor, x.shape[0], x.device)
+        return {"text_embeds": cond.pooled, "time_ids": time_ids.to(x.device)}
+
     def _run(self, x, sigma, cond: TextCondition) -> torch.Tensor:
         self.check_latents(x)
         cond = cond.expand_to(x.shape[0])
-        # Same convention as the SD3 adapter: timestep = 1000 * sigma.
-        timestep = sigma_vector(sigma, x.shape[0], x.device) * 1000.0
+        # Flow: timestep = 1000 * sigma (as the SD3 adapter); DDPM: the integer timestep of sigma.
+        timestep = self.process.timestep(sigma_vector(sigma, x.shape[0], x.device)).to(x.device)
         class_labels = cond.pooled if self.config.class_embed_type == "projection" else None
         return self.unet(
             x,
             timestep,
             encoder_hidden_states=cond.prompt_embeds,
             class_labels=class_labels,
+            added_cond_kwargs=self.added_conditions(x, cond),
             return_dict=False,
         )[0]
 
     def forward(self, x: torch.Tensor, sigma, cond: TextCondition) -> torch.Tensor:
-        """Velocity v ~ eps - x0, shape of x."""
+        """The UNet's prediction, shape of x: velocity v ~ eps - x0 for flow UNets, else eps or v
+        (`self.process.x0` gives the clean estimate for either)."""
         return self._run(x, sigma, cond)
 
     @staticmethod

@@ -67,9 +67,13 @@ def test_sizes_must_divide_the_downsampling_factor():
         adapter(torch.randn(1, 4, 16, 16), 0.5, cond(1))
 
 
-def test_only_flow_prediction_for_now():
+def test_unknown_predictions_and_added_conditions_are_refused():
     with pytest.raises(SwdError, match="prediction"):
-        UNetAdapter(tiny_unet(), prediction="epsilon")
+        UNetAdapter(tiny_unet(), prediction="sample")
+    unet = tiny_unet()
+    unet.register_to_config(addition_embed_type="image")
+    with pytest.raises(SwdError, match="addition_embed_type='image'"):
+        UNetAdapter(unet)
 
 
 def test_scalewise_sampler_runs_across_sizes():

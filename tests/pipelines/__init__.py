@@ -10,7 +10,7 @@ from __future__ import annotations
 import string
 
 import torch
-from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
+from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
@@ -115,3 +115,31 @@ def flux_components(with_text: bool = True) -> dict:
 def embeddings(batch: int, tokens: int = 5, joint: int = 16, pooled: int = 8, seed: int = 7):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, tokens, joint, generator=g), torch.randn(batch, pooled, generator=g)
+
+
+# Tiny SDXL: the pooled text (from the second CLIP, with projection) and 6 time ids of width 4
+# feed the added embedding: projection_class_embeddings_input_dim = 8 + 6 * 4.
+SDXL_TEXT, SDXL_POOLED, SDXL_TIME = 16, 8, 4
+
+
+def sdxl_unet(seed: int = 0) -> UNet2DConditionModel:
+    """SDXL's UNet layout in miniature: cross-attention to the two CLIPs' concatenated states (8 + 8),
+    addition_embed_type 'text_time'; two levels, so sizes divisible by 2 work."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), norm_num_groups=4, cross_attention_dim=SDXL_TEXT, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=SDXL_TIME,
+        projection_class_embeddings_input_dim=SDXL_POOLED + 6 * SDXL_TIME, transformer_layers_per_block=(1, 1),
+    ).eval()
+
+
+def sdxl_components(with_text: bool = True) -> dict:
+    parts = {"unet": sdxl_unet(), "vae": tiny_vae()}
+    if with_text:
+        parts.update(
+            text_encoder=clip_encoder(8, None, seed=31), tokenizer=clip_tokenizer(),
+            text_encoder_2=clip_encoder(8, SDXL_POOLED, seed=32), tokenizer_2=clip_tokenizer(),
+        )
+    return parts
