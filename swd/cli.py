@@ -44,10 +44,11 @@ def _cmd_schedules(args) -> int:
         return 0
     print(f"{'preset':<20} {'steps':>5}  {'scales (latent side)':<26} {'sigmas':<44} {'cost':>5}")
     for r in rows:
-        scales = ", ".join(str(h) if h == w else f"{h}x{w}" for h, w in r["scales"])
+        # An image scale prints as its side (or hxw); a video scale as framesxhxw.
+        scales = ", ".join(str(s[0]) if len(s) == 2 and s[0] == s[1] else "x".join(map(str, s)) for s in r["scales"])
         sigmas = ", ".join(f"{s:.4f}" for s in r["sigmas"])
         print(f"{r['name']:<20} {r['steps']:>5}  {scales:<26} {sigmas:<44} {r['relative_cost']:>5.2f}")
-    print("cost: image tokens of all steps over one full-resolution step's (patch 2).")
+    print("cost: image tokens of all steps over one full-resolution step's (patch 2; video: 1x2x2).")
     return 0
 
 

@@ -1,6 +1,7 @@
 """Samplers: small pure functions over a denoiser that returns velocity.
 
-A denoiser is any callable `denoiser(x, sigma) -> v` with x of shape (B, C, H, W), sigma of
+A denoiser is any callable `denoiser(x, sigma) -> v` with x of shape (B, C, H, W) (video:
+(B, C, F, H, W), F latent frames of a causal video VAE), sigma of
 shape (B,) and v ~ eps - x0 (flow matching, SD3/FLUX convention: x_sigma = (1 - sigma) x0 +
 sigma eps). Bind the prompt with `conditioned` or `guided` (classifier-free guidance).
 
@@ -29,6 +30,10 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[..., None]
 
 UPSAMPLE_MODES = ("bicubic", "bilinear", "nearest")
+# Upsampling video latents in time (`time_upsample_matrix`): "linear" and "nearest" respect the
+# causal VAE (first latent frame apart, the others placed at the centre of the 4 pixel frames
+# each encodes); "uniform" treats all latent frames as evenly spaced samples (the ablation).
+TIME_MODES = ("linear", "nearest", "uniform")
 # "upsample_then_noise" is the method; the other order exists only for the ablation
 # (SWD_SPEC section 3: noising before upsampling was measured catastrophic).
 ORDERS = ("upsample_then_noise", "noise_then_upsample")
@@ -54,6 +59,81 @@ def upsample(x: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> t
         return x
     extra = {"align_corners": False} if mode in ("bicubic", "bilinear") else {}
     return F.interpolate(x, size=tuple(size), mode=mode, **extra)
+
+
+def _latent_frame_positions(frames: int) -> torch.Tensor:
+    """Where latent frames 1..F-1 sit in time, in units of the latent frame spacing.
+
+    A causal VAE's latent frame k >= 1 encodes pixel frames 4k-3..4k, centred at 4k - 1.5; the
+    whole clip spans pixel frames 0..4(F-1). Measured in latent spacings of 4 pixel frames and
+    rescaled to the clip length, frame k sits at k - 0.375 (frame 0, one pixel frame, at 0).
+    """
+    return torch.arange(1, frames, dtype=torch.float64) - 0.375
+
+
+def time_upsample_matrix(src: int, dst: int, mode: str = "linear") -> torch.Tensor:
+    """Weights W (dst, src): latent frame j of the upsampled clip is sum_k W[j, k] * frame k.
+
+    Clips keep their duration: a clip of F latent frames spans 4 (F - 1) pixel frames, so time
+    t in [0, 1] of one clip is time t of the other.
+    "linear" / "nearest": frame 0 (one pixel frame, an image latent) maps to frame 0 alone and
+        feeds no other frame; frames 1.. interpolate frames 1.. of the source at their time
+        centres, linearly (extrapolating the end interval by at most half a frame, so a ramp in
+        time stays exact) or from the nearest one. A source without frames beyond the first
+        has nothing else to offer: every frame copies frame 0.
+    "uniform": every latent frame an evenly spaced sample, first and last aligned (ablation:
+        mixes the image latent into its neighbours).
+    """
+    if mode not in TIME_MODES:
+        raise SwdError(f"time_mode: unknown {mode!r}; choose one of {', '.join(TIME_MODES)}")
+    if src < 1 or dst < 1:
+        raise SwdError(f"frames: latent frame counts must be >= 1, got {src} -> {dst}")
+    weights = torch.zeros(dst, src, dtype=torch.float64)
+    if mode == "uniform":
+        pos = torch.arange(dst, dtype=torch.float64) * ((src - 1) / (dst - 1) if dst > 1 else 0.0)
+        lo = pos.floor().long().clamp(max=max(src - 2, 0))
+        frac = pos - lo
+        weights[torch.arange(dst), lo] += 1 - frac
+        if src > 1:
+            weights[torch.arange(dst), lo + 1] += frac
+        return weights
+    weights[0, 0] = 1.0
+    if dst == 1:
+        return weights
+    if src == 1:
+        weights[1:, 0] = 1.0
+        return weights
+    # Target frame centres expressed in the source's latent-frame units (time scaled by duration).
+    centre = _latent_frame_positions(dst) * (src - 1) / (dst - 1) + 0.375
+    rows = torch.arange(1, dst)
+    if mode == "nearest":
+        weights[rows, centre.round().long().clamp(1, src - 1)] = 1.0
+        return weights
+    if src == 2:
+        weights[rows, 1] = 1.0
+        return weights
+    lo = centre.floor().long().clamp(1, src - 2)
+    frac = centre - lo
+    weights[rows, lo] = 1 - frac
+    weights[rows, lo + 1] = frac
+    return weights
+
+
+def upsample_video(x: torch.Tensor, size, mode: str = "bicubic", time_mode: str = "linear") -> torch.Tensor:
+    """Resize (B, C, F, H, W) latents to (frames, h, w): in time by `time_upsample_matrix`, then each
+    frame in space with `mode` (the two are separable linear maps, so their order does not matter)."""
+    frames, h, w = (int(v) for v in size)
+    if tuple(x.shape[2:]) == (frames, h, w):
+        return x
+    if x.shape[2] != frames:
+        weights = time_upsample_matrix(x.shape[2], frames, time_mode).to(x.device, x.dtype)
+        x = torch.einsum("st,bcthw->bcshw", weights, x)
+    if tuple(x.shape[-2:]) != (h, w):
+        b, c, f = x.shape[:3]
+        per_frame = x.permute(0, 2, 1, 3, 4).reshape(b * f, c, *x.shape[-2:])  # (B F, C, H, W)
+        per_frame = upsample(per_frame, (h, w), mode)
+        x = per_frame.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+    return x.contiguous()
 
 
 def add_noise(x0: torch.Tensor, sigma, eps: torch.Tensor) -> torch.Tensor:
@@ -98,6 +178,7 @@ def sample_scalewise(
     noise: Optional[torch.Tensor] = None,
     callback: Optional[Callback] = None,
     process=None,
+    time_mode: str = "linear",
 ) -> torch.Tensor:
     """Scale-wise few-step sampling (SWD_SPEC section 3); returns x0 at the final scale.
 
@@ -106,17 +187,25 @@ def sample_scalewise(
     ordinary full-resolution few-step (DMD2-style) sampler. `process` (default FLOW) gives the
     clean estimate and the re-noising; a DDPMProcess makes this the LCM-style multistep sampler
     of a noise-prediction model.
+    A video schedule ((frames, h, w) scales) samples (B, C, F, H, W) latents, upsampled by
+    `upsample_video` with `time_mode`.
     """
     process = FLOW if process is None else process
     if order not in ORDERS:
         raise SwdError(f"order: unknown {order!r}; choose one of {', '.join(ORDERS)}")
     if upsample_mode not in UPSAMPLE_MODES:
         raise SwdError(f"upsample_mode: unknown {upsample_mode!r}; choose one of {', '.join(UPSAMPLE_MODES)}")
-    h, w = schedule.scales[0]
+    if time_mode not in TIME_MODES:
+        raise SwdError(f"time_mode: unknown {time_mode!r}; choose one of {', '.join(TIME_MODES)}")
+    shape = (batch_size, channels, *schedule.scales[0])
     if noise is None:
-        noise = randn((batch_size, channels, h, w), generator, device, dtype)
-    elif tuple(noise.shape) != (batch_size, channels, h, w):
-        raise SwdError(f"noise: expected shape {(batch_size, channels, h, w)}, got {tuple(noise.shape)}")
+        noise = randn(shape, generator, device, dtype)
+    elif tuple(noise.shape) != shape:
+        raise SwdError(f"noise: expected shape {shape}, got {tuple(noise.shape)}")
+
+    def resize(z, size):
+        return upsample_video(z, size, upsample_mode, time_mode) if z.ndim == 5 else upsample(z, size, upsample_mode)
+
     # At sigma = 1 the input is pure noise; a schedule that starts lower still starts from noise,
     # as the first step has no clean estimate to mix in.
     x = noise.to(device, dtype)
@@ -130,12 +219,12 @@ def sample_scalewise(
             return x0
         next_size, next_sigma = schedule.scales[i + 1], schedule.sigmas[i + 1]
         if order == "upsample_then_noise":
-            x0_up = upsample(x0, next_size, upsample_mode)
+            x0_up = resize(x0, next_size)
             eps = randn(x0_up.shape, generator, x0_up.device, x0_up.dtype)
             x = process.add_noise(x0_up, next_sigma, eps)
         else:
             eps = randn(x0.shape, generator, x0.device, x0.dtype)
-            x = upsample(process.add_noise(x0, next_sigma, eps), next_size, upsample_mode)
+            x = resize(process.add_noise(x0, next_sigma, eps), next_size)
     raise AssertionError("unreachable: a schedule has at least one step")
 
 

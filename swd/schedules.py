@@ -1,9 +1,14 @@
 """Scale schedules: the latent size and the noise level of every step of a scale-wise sampler.
 
-A `ScaleSchedule` pairs step i's latent size (h_i, w_i) with its noise level sigma_i. The sampler
-starts from pure noise at the first size and denoises, upsamples and re-noises at every step, so
-a schedule must grow (or keep) its size while its sigmas fall. Presets are the published ones
-(SWD_SPEC section 2) plus the 64 px testbed's.
+A `ScaleSchedule` pairs step i's latent size with its noise level sigma_i: (h_i, w_i) for images,
+(frames_i, h_i, w_i) for video (all in latent units). The sampler starts from pure noise at the
+first size and denoises, upsamples and re-noises at every step, so a schedule must grow (or keep)
+its size while its sigmas fall. Presets are the published ones (SWD_SPEC section 2), the 64 px
+testbed's, and Wan2.1's spatio-temporal ones.
+
+Video latents come from a causal VAE that compresses time by 4: pixel clips have 4k + 1 frames,
+and (frames - 1) // 4 + 1 latent frames (the first latent frame encodes one pixel frame, every
+other one four), so 21 / 41 / 61 / 81 pixel frames are 6 / 11 / 16 / 21 latent frames.
 
 The authors express sigmas as boundary indices into SD3.5's 28-step Euler grid with shift 3; the
 grid itself (`flow_sigmas`) is also the teacher's sampling grid.
@@ -51,24 +56,52 @@ def flow_sigmas(steps: int = DEFAULT_GRID_STEPS, shift: float = DEFAULT_SHIFT) -
     return shift_sigmas(base, shift) + [0.0]
 
 
-def _as_hw(scale, index: int) -> tuple[int, int]:
-    """Normalise a scale given as an int (square) or an (h, w) pair."""
+# Wan2.1's causal video VAE: 4 pixel frames per latent frame after the first, 8 pixels per latent pixel.
+VAE_TEMPORAL_FACTOR = 4
+VAE_SPATIAL_FACTOR = 8
+
+
+def _as_hw(scale, index: int) -> tuple[int, ...]:
+    """Normalise a scale given as an int (square image), an (h, w) pair or a (frames, h, w) triple."""
     if isinstance(scale, bool):
-        raise SwdError(f"scales[{index}]: expected an int or [h, w], got {scale!r}")
+        raise SwdError(f"scales[{index}]: expected an int, [h, w] or [frames, h, w], got {scale!r}")
     if isinstance(scale, int):
         return (scale, scale)
-    if isinstance(scale, (list, tuple)) and len(scale) == 2 and all(
+    if isinstance(scale, (list, tuple)) and len(scale) in (2, 3) and all(
         isinstance(v, int) and not isinstance(v, bool) for v in scale
     ):
-        return (int(scale[0]), int(scale[1]))
-    raise SwdError(f"scales[{index}]: expected an int or [h, w], got {scale!r}")
+        return tuple(int(v) for v in scale)
+    raise SwdError(f"scales[{index}]: expected an int, [h, w] or [frames, h, w], got {scale!r}")
+
+
+def latent_frames(pixel_frames: int, temporal_factor: int = VAE_TEMPORAL_FACTOR) -> int:
+    """Latent frames of a clip of `pixel_frames` frames under a causal VAE: (frames - 1) // 4 + 1.
+
+    Only 4k + 1 frames encode without dropping any (the first latent frame holds one pixel frame,
+    each later one holds four), so other counts are refused.
+    """
+    if isinstance(pixel_frames, bool) or not isinstance(pixel_frames, int) or pixel_frames < 1:
+        raise SwdError(f"frames: expected a positive int, got {pixel_frames!r}")
+    if (pixel_frames - 1) % temporal_factor:
+        below = (pixel_frames - 1) // temporal_factor * temporal_factor + 1
+        raise SwdError(
+            f"frames: {pixel_frames} is not {temporal_factor}k + 1 (the causal VAE's rule); "
+            f"use {below} or {below + temporal_factor}"
+        )
+    return (pixel_frames - 1) // temporal_factor + 1
+
+
+def pixel_frames(latent: int, temporal_factor: int = VAE_TEMPORAL_FACTOR) -> int:
+    """Pixel frames a causal VAE decodes from `latent` latent frames: 4 (latent - 1) + 1."""
+    return temporal_factor * (latent - 1) + 1
 
 
 @dataclass(frozen=True)
 class ScaleSchedule:
     """Latent sizes and noise levels of a few-step scale-wise sampler.
 
-    scales: one latent size per step, (h, w) in latent pixels (an int means square).
+    scales: one latent size per step, (h, w) in latent pixels (an int means square), or for
+        video (frames, h, w) in latent frames and pixels; every step has the same kind.
     sigmas: one noise level per step, strictly decreasing in (0, 1]; the first step starts from
         pure noise when sigmas[0] == 1.
     """
@@ -95,14 +128,19 @@ class ScaleSchedule:
             raise SwdError(
                 f"scales and sigmas: lengths differ ({len(self.scales)} scales, {len(self.sigmas)} sigmas)"
             )
-        for i, (h, w) in enumerate(self.scales):
-            if h <= 0 or w <= 0:
-                raise SwdError(f"scales[{i}]: sizes must be positive, got {(h, w)}")
-        for i in range(1, len(self.scales)):
-            (h0, w0), (h1, w1) = self.scales[i - 1], self.scales[i]
-            if h1 < h0 or w1 < w0:
+        dims = len(self.scales[0])
+        for i, size in enumerate(self.scales):
+            if len(size) != dims:
                 raise SwdError(
-                    f"scales[{i}]: sizes must not shrink from step to step, got {(h0, w0)} then {(h1, w1)}"
+                    f"scales[{i}]: {list(size)} mixes image [h, w] and video [frames, h, w] scales in one schedule"
+                )
+            if any(v <= 0 for v in size):
+                raise SwdError(f"scales[{i}]: sizes must be positive, got {size}")
+        for i in range(1, len(self.scales)):
+            before, after = self.scales[i - 1], self.scales[i]
+            if any(b < a for a, b in zip(before, after)):
+                raise SwdError(
+                    f"scales[{i}]: sizes must not shrink from step to step, got {before} then {after}"
                 )
         for i, s in enumerate(self.sigmas):
             if not (math.isfinite(s) and 0.0 < s <= 1.0):
@@ -118,18 +156,35 @@ class ScaleSchedule:
         return len(self.scales)
 
     @property
-    def final_size(self) -> tuple[int, int]:
+    def final_size(self) -> tuple[int, ...]:
         return self.scales[-1]
 
     @property
     def is_scale_wise(self) -> bool:
         return len(set(self.scales)) > 1
 
-    def image_tokens(self, patch_size: int = 2) -> list[int]:
-        """Image tokens the transformer sees at each step (patches of patch_size x patch_size)."""
-        return [(h // patch_size) * (w // patch_size) for h, w in self.scales]
+    @property
+    def is_video(self) -> bool:
+        """Scales are (frames, h, w) latent sizes."""
+        return len(self.scales[0]) == 3
 
-    def relative_cost(self, patch_size: int = 2, text_tokens: int = 0) -> float:
+    def _patch(self, patch_size) -> tuple[int, ...]:
+        """A patch size per scale dimension: an int patches h and w (and 1 frame at a time)."""
+        dims = len(self.scales[0])
+        if isinstance(patch_size, int):
+            return (1, patch_size, patch_size)[-dims:] if dims == 3 else (patch_size, patch_size)
+        patch = tuple(int(p) for p in patch_size)
+        if len(patch) != dims:
+            raise SwdError(f"patch_size: {patch} does not match {dims}-d scales {self.scales[0]}")
+        return patch
+
+    def image_tokens(self, patch_size=2) -> list[int]:
+        """Tokens the transformer sees at each step (patches of patch_size x patch_size; for video
+        patch_size may be (t, h, w), and an int means one frame per patch)."""
+        patch = self._patch(patch_size)
+        return [math.prod(v // p for v, p in zip(size, patch)) for size in self.scales]
+
+    def relative_cost(self, patch_size=2, text_tokens: int = 0) -> float:
         """Cost in full-resolution-step equivalents, counting tokens (linear in tokens).
 
         With text_tokens=0 this is the token ratio of SWD_SPEC section 2: the 4-step 64 -> 128
@@ -151,11 +206,43 @@ class ScaleSchedule:
 
     def scaled(self, factor: float) -> "ScaleSchedule":
         """Every scale multiplied by factor (rounded), e.g. to move a preset to another resolution."""
-        scales = tuple((round(h * factor), round(w * factor)) for h, w in self.scales)
+        scales = tuple(tuple(round(v * factor) for v in size) for size in self.scales)
         return ScaleSchedule(scales=scales, sigmas=self.sigmas, name=f"{self.name}-x{factor:g}")
 
-    def check_model(self, patch_size: int, max_size: int | None = None, what: str = "model") -> None:
-        """Raise SwdError unless every scale fits a model with this patch size and largest side."""
+    def pixel_sizes(self, temporal_factor: int = VAE_TEMPORAL_FACTOR, spatial_factor: int = VAE_SPATIAL_FACTOR):
+        """Each video scale in pixels, (4 (f - 1) + 1 frames, 8 h, 8 w) for Wan2.1's VAE."""
+        if not self.is_video:
+            raise SwdError(f"schedule {self.name}: pixel_sizes is for video (frames, h, w) scales")
+        return [(pixel_frames(f, temporal_factor), h * spatial_factor, w * spatial_factor) for f, h, w in self.scales]
+
+    def check_video_model(self, patch_size, max_size=None, what: str = "model") -> None:
+        """Raise SwdError unless every (frames, h, w) scale fits a video model with patch (t, h, w)
+        and largest latent size `max_size` (an int for every axis, or (frames, h, w))."""
+        if not self.is_video:
+            raise SwdError(f"schedule {self.name}: a video model needs (frames, h, w) scales, got {self.scales[0]}")
+        patch = self._patch(patch_size)
+        limit = (max_size,) * 3 if isinstance(max_size, int) else max_size
+        for i, size in enumerate(self.scales):
+            shown = "x".join(map(str, size))
+            for axis, v, p in zip(("frames", "height", "width"), size, patch):
+                if v % p:
+                    raise SwdError(f"scales[{i}]: {shown} has {axis} {v}, not divisible by the {what}'s patch size {p}")
+            if limit is not None and any(m is not None and v > m for v, m in zip(size, limit)):
+                raise SwdError(f"scales[{i}]: {shown} exceeds the {what}'s largest latent size {'x'.join(map(str, limit))}")
+
+    def check_model(self, patch_size, max_size=None, what: str = "model") -> None:
+        """Raise SwdError unless every scale fits a model with this patch size and largest side.
+
+        Image models have an int patch size; video models a (t, h, w) one and take (frames, h, w)
+        scales only (`check_video_model`).
+        """
+        video_model = not isinstance(patch_size, int)
+        if self.is_video and not video_model:
+            raise SwdError(f"schedule {self.name}: (frames, h, w) video scales do not fit the {what}, an image model")
+        if video_model:
+            if not self.is_video:
+                raise SwdError(f"schedule {self.name}: the {what} is a video model; it needs (frames, h, w) scales")
+            return self.check_video_model(patch_size, max_size, what)
         for i, (h, w) in enumerate(self.scales):
             if h % patch_size or w % patch_size:
                 raise SwdError(
@@ -255,6 +342,15 @@ def _preset_table() -> dict[str, ScaleSchedule]:
     add("testbed-4", [32, 40, 48, 64], [0, 7, 14, 18], "64 px testbed 4-step (32 -> 64 px)")
     add("testbed-6", [16, 24, 32, 40, 48, 64], [0, 4, 7, 12, 14, 18], "64 px testbed 6-step (16 -> 64 px)")
     add("testbed-full-4", [64, 64, 64, 64], [0, 7, 14, 18], "64 px testbed 4-step at full resolution (DMD2-style baseline)")
+    # Wan2.1 text-to-video (SWD_SPEC section 5): the paper's end points, 21x160x272 -> 81x480x832
+    # pixels = 6x20x34 -> 21x60x104 latents. The intermediate scales and the sigmas are not
+    # published (neither the authors' release nor the paper text we hold gives them): ours
+    # space the latent frames evenly (6, 11, 16, 21 = 21, 41, 61, 81 pixel frames, every one
+    # 4k + 1) and h, w linearly rounded to the patch size 2, with the image presets' sigmas.
+    add("wan-4", [(6, 20, 34), (11, 34, 58), (16, 46, 80), (21, 60, 104)], [0, 7, 14, 18],
+        "Wan2.1 4-step spatio-temporal, 21x160x272 -> 81x480x832 px (paper's end points, our middle)")
+    add("wan-space-4", [(21, 20, 34), (21, 34, 58), (21, 46, 80), (21, 60, 104)], [0, 7, 14, 18],
+        "Wan2.1 4-step growing space only, 81 frames at 160x272 -> 480x832 px")
     return table
 
 

@@ -64,11 +64,11 @@ def _configure_flops(p: argparse.ArgumentParser) -> None:
                    help=f"model architecture, built on the meta device: {', '.join(ARCHS)}")
     p.add_argument("--schedule", default=None, metavar="NAME|PATH",
                    help="scale-schedule preset or YAML/JSON file (default: the arch's default schedule)")
-    p.add_argument("--teacher-steps", type=arg_int_at_least(1), default=TEACHER_STEPS_DEFAULT, metavar="N",
-                   help=f"teacher sampling steps (default {TEACHER_STEPS_DEFAULT})")
+    p.add_argument("--teacher-steps", type=arg_int_at_least(1), default=None, metavar="N",
+                   help=f"teacher sampling steps (default: the arch's, {TEACHER_STEPS_DEFAULT} for SD3.5, 50 for Wan2.1)")
     p.add_argument("--teacher-cfg", action=argparse.BooleanOptionalAction, default=None,
                    help="count the teacher with CFG, 2 forwards per step (default: from the arch: "
-                        "SD3.5 yes, FLUX-dev no, its guidance is embedded)")
+                        "SD3.5 and Wan2.1 yes, FLUX-dev no, its guidance is embedded)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_flops)
 

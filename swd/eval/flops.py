@@ -24,6 +24,7 @@ which the counter has no formula for and would silently count as 0; `_count` ref
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -35,7 +36,7 @@ from swd.schedules import ScaleSchedule, resolve_schedule
 
 TEACHER_STEPS = 28  # SD3.5's default Euler grid (SWD_SPEC section 1)
 
-Size = tuple[int, int]
+Size = tuple[int, ...]  # latent (h, w), or (frames, h, w) for video
 
 
 def is_attention_op(op_name: str) -> bool:
@@ -77,15 +78,16 @@ class ForwardFlopCounter:
         return self.adapter.max_latent_size
 
     def image_tokens(self, size: Size) -> int:
-        h, w = size
-        return (h // self.patch_size) * (w // self.patch_size)
+        patch = self.patch_size
+        patch = (patch, patch) if isinstance(patch, int) else patch
+        return math.prod(v // p for v, p in zip(size, patch))
 
     def check_schedule(self, schedule: ScaleSchedule) -> None:
         schedule.check_model(self.patch_size, self.max_latent_size, what=f"{self.arch.name} model")
 
     def count_by_op(self, size: Size | int, batch: int = 1) -> dict[str, int]:
-        """FLOPs of one forward at latent `size` (h, w), split by aten op (e.g. 'aten.addmm')."""
-        size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        """FLOPs of one forward at latent `size` (h, w) or (frames, h, w), split by aten op (e.g. 'aten.addmm')."""
+        size = (size, size) if isinstance(size, int) else tuple(int(v) for v in size)
         key = (size, int(batch))
         if key not in self._cache:
             self._cache[key] = self._count(size, batch)
@@ -107,7 +109,7 @@ class ForwardFlopCounter:
 
         joint, pooled = text_widths(self.adapter)
         meta = torch.device("meta")
-        x = torch.empty(batch, self.adapter.latent_channels, *size, device=meta)  # (B, C, H, W)
+        x = torch.empty(batch, self.adapter.latent_channels, *size, device=meta)  # (B, C, [F,] H, W)
         cond = TextCondition(
             torch.empty(batch, self.text_tokens, joint, device=meta),  # (B, L, D_joint)
             torch.empty(batch, pooled or joint, device=meta),  # (B, D_pooled); a UNet without it ignores it
@@ -259,7 +261,7 @@ def _run(label: str, sizes, forwards_per_step: int, per_size: dict[Size, int]) -
 def sampling_flops(
     arch: ArchSpec | str,
     schedule: ScaleSchedule | str | None = None,
-    teacher_steps: int = TEACHER_STEPS,
+    teacher_steps: int | None = None,
     cfg: bool | None = None,
     text_tokens: int | None = None,
     progress: bool = False,
@@ -267,6 +269,7 @@ def sampling_flops(
     """Transformer FLOPs of one image sampled with `schedule`, at full resolution, and by the teacher.
 
     schedule: a ScaleSchedule, preset name or YAML/JSON path; None takes arch.default_schedule.
+    teacher_steps: None takes the arch's (SD3.5: 28, Wan2.1: 50).
     cfg: whether the teacher uses classifier-free guidance (2 forwards per step); None follows the
         arch (teacher_cfg > 1: SD3.5 yes, FLUX-dev no, its guidance is embedded in one forward).
     progress: a tqdm bar over the distinct sizes on stderr (shown only on a terminal).
@@ -277,6 +280,7 @@ def sampling_flops(
             raise SwdError(f"schedule: arch {arch.name!r} has no default schedule; pass one")
         schedule = arch.default_schedule
     schedule = resolve_schedule(schedule)
+    teacher_steps = arch.teacher_steps if teacher_steps is None else teacher_steps
     if isinstance(teacher_steps, bool) or not isinstance(teacher_steps, int) or teacher_steps < 1:
         raise SwdError(f"teacher_steps: must be an int >= 1, got {teacher_steps!r}")
     cfg = arch.teacher_cfg > 1.0 if cfg is None else bool(cfg)
@@ -291,7 +295,7 @@ def sampling_flops(
     bar = tqdm(sizes, desc="forwards", unit="size", disable=None if progress else True, leave=False)
     per_size: dict[Size, int] = {}
     for size in bar:
-        bar.set_postfix_str(f"{size[0]}x{size[1]}")
+        bar.set_postfix_str(_shown(size))
         per_size[size] = counter.count(size)
 
     per_scale = tuple(
@@ -311,18 +315,22 @@ def sampling_flops(
         text_tokens=counter.text_tokens,
         teacher_cfg=cfg,
         swd=_run(f"SwD ({schedule.name})", schedule.scales, 1, per_size),
-        full=_run(f"full resolution {final[0]}x{final[1]}", [final] * schedule.steps, 1, per_size),
+        full=_run(f"full resolution {_shown(final)}", [final] * schedule.steps, 1, per_size),
         teacher=_run(f"teacher {teacher_steps} steps" + (" + CFG" if cfg else ""), [final] * teacher_steps,
                      2 if cfg else 1, per_size),
         per_scale=per_scale,
     )
 
 
+def _shown(size: Size) -> str:
+    return "x".join(str(v) for v in size)
+
+
 def format_report(report: FlopReport) -> str:
     """The human-readable table `swd bench flops` prints."""
     s = report.schedule
     lines = [
-        f"transformer FLOPs of one {s.final_size[0]}x{s.final_size[1]}-latent image: {report.arch}, "
+        f"transformer FLOPs of one {_shown(s.final_size)}-latent {'video' if s.is_video else 'image'}: {report.arch}, "
         f"schedule {s.name} (batch 1, {report.text_tokens} text tokens)",
         "",
         f"{'run':<34} {'steps':>5} {'forwards':>8} {'TFLOPs':>9} {'vs SwD':>8}  {'vs full-res':>11}",
@@ -337,9 +345,8 @@ def format_report(report: FlopReport) -> str:
         f"{'per forward at':<14} {'image tok':>9} {'TFLOPs':>8} {'attention':>9} {'SwD steps':>9}",
     ]
     for sc in report.per_scale:
-        size = f"{sc.size[0]}x{sc.size[1]}"
         lines.append(
-            f"{size:<14} {sc.image_tokens:>9} {sc.flops / 1e12:>8.3f} "
+            f"{_shown(sc.size):<14} {sc.image_tokens:>9} {sc.flops / 1e12:>8.3f} "
             f"{100 * sc.attention_flops / sc.flops:>8.1f}% {sc.swd_steps:>9}"
         )
     cfg_note = ("teacher CFG runs the conditional and unconditional prompt together: 2 forwards per step"

@@ -15,7 +15,7 @@ from swd.errors import SwdError
 @dataclass(frozen=True)
 class ArchSpec:
     name: str
-    family: str  # "sd3" or "flux"
+    family: str  # "sd3", "flux", "unet" or "wan"
     transformer: dict  # kwargs of the diffusers transformer class
     text_tokens: int  # encoder sequence length the model is used with
     vae_scaling_factor: float = 1.0
@@ -24,6 +24,7 @@ class ArchSpec:
     default_schedule: str = ""
     feature_block: int = 0  # block whose image tokens feed MMD / GAN (SWD_SPEC section 4)
     teacher_cfg: float = 1.0
+    teacher_steps: int = 28  # the teacher's default sampling steps (SD3.5: 28; Wan2.1: 50)
     notes: str = field(default="", compare=False)
 
     def build(self, device=None, dtype=None):
@@ -51,14 +52,19 @@ class ArchSpec:
 
 
 def transformer_class(family: str):
-    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel, WanTransformer3DModel
 
-    return {"sd3": SD3Transformer2DModel, "flux": FluxTransformer2DModel, "unet": UNet2DConditionModel}[family]
+    return {"sd3": SD3Transformer2DModel, "flux": FluxTransformer2DModel, "unet": UNet2DConditionModel,
+            "wan": WanTransformer3DModel}[family]
 
 
 _SD3_COMMON = dict(in_channels=16, out_channels=16, patch_size=2, attention_head_dim=64,
                    joint_attention_dim=4096, pooled_projection_dim=2048, qk_norm="rms_norm",
                    sample_size=128)
+
+_WAN_COMMON = dict(patch_size=(1, 2, 2), attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096,
+                   freq_dim=256, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+                   rope_max_seq_len=1024)
 
 ARCHS: dict[str, ArchSpec] = {
     "sd35-large": ArchSpec(
@@ -89,6 +95,21 @@ ARCHS: dict[str, ArchSpec] = {
         default_schedule="flux-dev-4", feature_block=20, teacher_cfg=1.0,
         notes="FLUX.1-dev, 11.9B parameters, embedded guidance",
     ),
+    # Wan2.1 text-to-video: the diffusers transformer/config.json of Wan-AI/Wan2.1-T2V-{1.3B,14B}-Diffusers
+    # (patch (1, 2, 2), head width 128, UMT5 text width 4096, 512 text tokens). The teacher is
+    # WanPipeline's default: 50 steps with CFG 5.0 (two forwards per step).
+    "wan2.1-1.3b": ArchSpec(
+        name="wan2.1-1.3b", family="wan",
+        transformer=dict(_WAN_COMMON, num_attention_heads=12, ffn_dim=8960, num_layers=30),
+        text_tokens=512, default_schedule="wan-4", feature_block=15, teacher_cfg=5.0, teacher_steps=50,
+        notes="Wan2.1 T2V 1.3B",
+    ),
+    "wan2.1-14b": ArchSpec(
+        name="wan2.1-14b", family="wan",
+        transformer=dict(_WAN_COMMON, num_attention_heads=40, ffn_dim=13824, num_layers=40),
+        text_tokens=512, default_schedule="wan-4", feature_block=20, teacher_cfg=5.0, teacher_steps=50,
+        notes="Wan2.1 T2V 14B",
+    ),
     # Tiny random configs for tests: same code paths, seconds on a CPU.
     "tiny-sd3": ArchSpec(
         name="tiny-sd3", family="sd3",
@@ -103,6 +124,13 @@ ARCHS: dict[str, ArchSpec] = {
                          attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
                          pooled_projection_dim=8, guidance_embeds=True, axes_dims_rope=(2, 2, 4)),
         text_tokens=6, default_schedule="", feature_block=1,
+    ),
+    "tiny-wan": ArchSpec(
+        name="tiny-wan", family="wan",
+        transformer=dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
+                         out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2,
+                         rope_max_seq_len=32),
+        text_tokens=6, default_schedule="", feature_block=0, teacher_steps=50, teacher_cfg=5.0,
     ),
 }
 

@@ -1,0 +1,103 @@
+"""Adapter over diffusers' WanTransformer3DModel (Wan2.1 text-to-video).
+
+Wan takes latents (B, C, F, H, W), a timestep (B,) and UMT5 token states (B, L, text_dim); it has
+no pooled text vector, so `TextCondition.pooled` is carried along and ignored. Its 3-D RoPE is
+sliced from the input's (frames, h, w) on every forward, so a changing grid needs nothing rebuilt.
+Wan2.1 is a flow-matching model on the same convention as SD3 (timestep = 1000 * sigma, output
+v ~ eps - x0). Features: the tokens (B, F'H'W', C) a block returns, read by a forward hook.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from swd.errors import SwdError
+from swd.models.base import FeatureCapture, TextCondition, check_block_index, sigma_vector
+
+
+class WanAdapter(nn.Module):
+    """Velocity and block features of a Wan transformer on (B, C, F, H, W) latents."""
+
+    def __init__(self, transformer: nn.Module):
+        super().__init__()
+        self.transformer = transformer
+        self._capture = FeatureCapture()
+
+    @property
+    def config(self):
+        return self.transformer.config
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.in_channels
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        """(t, h, w): a tuple marks a video model for `ScaleSchedule.check_model`."""
+        return tuple(int(p) for p in self.config.patch_size)
+
+    @property
+    def max_latent_size(self) -> tuple[int, int, int]:
+        """RoPE tables hold rope_max_seq_len positions per axis (in patches)."""
+        return tuple(self.config.rope_max_seq_len * p for p in self.patch_size)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.transformer.blocks)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    def feature_width(self, index: int) -> int:
+        check_block_index(index, self.num_blocks)
+        return self.config.num_attention_heads * self.config.attention_head_dim
+
+    def block(self, index: int) -> nn.Module:
+        return self.transformer.blocks[check_block_index(index, self.num_blocks)]
+
+    def tokens(self, size) -> int:
+        """Tokens of one sample at latent size (frames, h, w)."""
+        return math.prod(v // p for v, p in zip(size, self.patch_size))
+
+    def check_latents(self, x: torch.Tensor) -> None:
+        if x.ndim != 5 or x.shape[1] != self.latent_channels:
+            raise SwdError(f"latents: expected (B, {self.latent_channels}, F, H, W), got {tuple(x.shape)}")
+        size = tuple(x.shape[2:])
+        for axis, v, p, m in zip(("frames", "height", "width"), size, self.patch_size, self.max_latent_size):
+            if v % p:
+                raise SwdError(f"latents: {axis} {v} is not divisible by the patch size {p}")
+            if v > m:
+                raise SwdError(f"latents: {axis} {v} exceeds the model's largest {m}")
+
+    def _run(self, x, sigma, cond: TextCondition) -> torch.Tensor:
+        self.check_latents(x)
+        cond = cond.expand_to(x.shape[0])
+        timestep = sigma_vector(sigma, x.shape[0], x.device) * 1000.0
+        return self.transformer(
+            hidden_states=x,
+            timestep=timestep,
+            encoder_hidden_states=cond.prompt_embeds,
+            return_dict=False,
+        )[0]
+
+    def forward(self, x: torch.Tensor, sigma, cond: TextCondition) -> torch.Tensor:
+        """Velocity v ~ eps - x0, shape of x."""
+        return self._run(x, sigma, cond)
+
+    def velocity_and_features(self, x, sigma, cond: TextCondition, block: int):
+        """(velocity, tokens after `block`: (B, T, C)) from one forward pass."""
+        target = self.block(block)
+        with self._capture.capturing(target, stop=False) as cap:
+            v = self._run(x, sigma, cond)
+        return v, cap.features
+
+    def features(self, x, sigma, cond: TextCondition, block: int) -> torch.Tensor:
+        """Tokens after `block`, (B, T, C); the blocks after it are not run."""
+        target = self.block(block)
+        with self._capture.capturing(target, stop=True) as cap:
+            self._run(x, sigma, cond)
+        return cap.features
