@@ -338,6 +338,9 @@ def _preset_table() -> dict[str, ScaleSchedule]:
     # The authors' names for the same published schedules (spec section 2).
     add("sd35-medium-4", [64, 80, 96, 128], [0, 7, 14, 18], "SD3.5 Medium 4-step, 1024 px (latent 64 -> 128)")
     add("flux-4", [64, 80, 96, 128], [0, 7, 14, 18], "FLUX.1-dev 4-step, 1024 px (latent 64 -> 128, packed 2x2)")
+    # The authors' first README (yandex-research/swd) lists an SD3.5 Large 6-step student with the
+    # Medium 6-step scales and sigmas (1, .9454, .8959, .7904, .7371, .6022); their later README drops it.
+    add("sd35-large-6", [32, 48, 64, 80, 96, 128], [0, 4, 7, 12, 14, 18], "SD3.5 Large 6-step, 1024 px (latent 32 -> 128)")
     # The testbed is a 64 px pixel-space model: the same sigmas at half the relative sizes.
     add("testbed-4", [32, 40, 48, 64], [0, 7, 14, 18], "64 px testbed 4-step (32 -> 64 px)")
     add("testbed-6", [16, 24, 32, 40, 48, 64], [0, 4, 7, 12, 14, 18], "64 px testbed 6-step (16 -> 64 px)")
@@ -351,22 +354,43 @@ def _preset_table() -> dict[str, ScaleSchedule]:
         "Wan2.1 4-step spatio-temporal, 21x160x272 -> 81x480x832 px (paper's end points, our middle)")
     add("wan-space-4", [(21, 20, 34), (21, 34, 58), (21, 46, 80), (21, 60, 104)], [0, 7, 14, 18],
         "Wan2.1 4-step growing space only, 81 frames at 160x272 -> 480x832 px")
+    # SDXL (DDPM, epsilon): sigma = timestep / 1000, the authors' README call passes timesteps
+    # 1000, 800, 600, 400 (and 0) with scales 64, 80, 96, 128; not a flow grid.
+    table["sdxl-4"] = ScaleSchedule(scales=((64, 64), (80, 80), (96, 96), (128, 128)), sigmas=(1.0, 0.8, 0.6, 0.4),
+                                    name="sdxl-4", description="SDXL 4-step MMD-only student, 1024 px (latent 64 -> 128, DDPM)")
     return table
 
 
 PRESETS: dict[str, ScaleSchedule] = _preset_table()
 
-# Preset -> the authors' published checkpoint (Hub id) it samples; only ids checked so far.
-CHECKPOINTS: dict[str, str] = {"sd35-large-4": "yresearch/swd-large-4-steps"}
+# Preset -> the authors' published checkpoint (Hub id) it samples, from the Hub links in the
+# authors' README (yandex-research/swd); sd35-large-6 and the wide 4-step preset are from its first
+# version (the 6-step Large student, and the Medium 4-step student's first scales, 32 -> 128).
+CHECKPOINTS: dict[str, str] = {
+    "sd35-large-4": "yresearch/swd-large-4-steps",
+    "sd35-large-6": "yresearch/swd-large-6-steps",
+    "sd35-medium-4": "yresearch/swd-medium-4-steps",
+    "sd35-medium-4-wide": "yresearch/swd-medium-4-steps",
+    "sd35-medium-6": "yresearch/swd-medium-6-steps",
+    "flux-4": "yresearch/swd_flux",
+    "flux-dev-4": "yresearch/swd_flux",
+    "sdxl-4": "yresearch/swd-sdxl",
+}
 
 
 def from_authors(scales, sigmas, timesteps=None, name: str = "authors") -> ScaleSchedule:
     """The authors' call style: latent `scales` per step and `sigmas` with or without the trailing 0.
 
-    `timesteps`, when given, must equal 1000 * sigma per step (within 1e-3 * 1000).
+    `timesteps`, when given, must equal 1000 * sigma per step (within 1e-3 * 1000). Their SDXL call
+    passes `timesteps` (1000 * sigmas, trailing 0 included) without `sigmas`: sigmas = timesteps / 1000.
     """
-    if scales is None or sigmas is None:
-        raise SwdError("scales: the authors' call style needs both scales= and sigmas=")
+    if scales is None or (sigmas is None and timesteps is None):
+        raise SwdError("scales: the authors' call style needs scales= with sigmas= or timesteps=")
+    if sigmas is None:
+        try:
+            sigmas = [float(t) / NUM_TRAIN_TIMESTEPS for t in timesteps]
+        except (TypeError, ValueError):
+            raise SwdError(f"timesteps: expected a list of numbers, got {timesteps!r}") from None
     try:
         sigmas = [float(s) for s in sigmas]
     except (TypeError, ValueError):

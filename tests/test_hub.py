@@ -84,7 +84,7 @@ def test_the_authors_call_style_gives_the_schedule_style_images(family):
     pipe = module.make_pipe()
     ours = module.run(pipe, prompt="a cat")
     theirs = module.run(pipe, prompt="a cat", schedule=None, scales=[8, 12, 16, 24], sigmas=list(TINY_SCHEDULE.sigmas) + [0.0],
-                        timesteps=[1000 * s for s in TINY_SCHEDULE.sigmas])
+                        timesteps=[1000 * s for s in TINY_SCHEDULE.sigmas], height=8 * 2, width=8 * 2)
     torch.testing.assert_close(theirs, ours, rtol=0, atol=0)
     with pytest.raises(SwdError, match="timesteps"):
         module.run(pipe, prompt="a cat", schedule=None, scales=[8, 12, 16, 24], sigmas=TINY_SCHEDULE.sigmas, timesteps=[1, 2, 3, 4])

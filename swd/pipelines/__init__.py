@@ -1,6 +1,7 @@
-"""diffusers pipelines that sample scale-wise with an SwD student (SD3 / SD3.5 and FLUX)."""
+"""diffusers pipelines that sample scale-wise with an SwD student (SD3 / SD3.5, FLUX and SDXL)."""
 
 from swd.pipelines.flux import SwDFluxPipeline
 from swd.pipelines.sd3 import SwDStableDiffusion3Pipeline
+from swd.pipelines.sdxl import SwDStableDiffusionXLPipeline
 
-__all__ = ["SwDFluxPipeline", "SwDStableDiffusion3Pipeline"]
+__all__ = ["SwDFluxPipeline", "SwDStableDiffusion3Pipeline", "SwDStableDiffusionXLPipeline"]

@@ -1,4 +1,4 @@
-"""What the SD3 and FLUX scale-wise pipelines share: argument checks, sampling and decoding.
+"""What the SD3, FLUX and SDXL scale-wise pipelines share: argument checks, sampling and decoding.
 
 Both pipelines subclass diffusers' own pipeline of their family, so prompt encoding, component
 registration, `from_pretrained`/`save_pretrained` and the LoRA loader mixins are diffusers'. What
@@ -104,13 +104,36 @@ def check_embed_widths(prompt_embeds, pooled, joint_dim: int, pooled_dim: int, n
 
 
 def authors_schedule(schedule, scales=None, sigmas=None, timesteps=None):
-    """`scales=`/`sigmas=` (the authors' call style) become a ScaleSchedule; else `schedule` as given."""
+    """`scales=` with `sigmas=` and/or `timesteps=` (the authors' call style) become a ScaleSchedule;
+    else `schedule` as given (a `timesteps=` alone is then checked against it)."""
     if scales is None and sigmas is None:
+        if timesteps is not None and schedule is None:
+            raise SwdError("timesteps: give scales= with it (the authors' call style) or a schedule=")
+        if timesteps is not None:
+            from swd.schedules import from_authors
+            resolved = resolve_schedule(schedule)
+            if not _same_sigmas(from_authors(resolved.scales, None, timesteps), resolved):
+                raise SwdError(f"timesteps: {list(timesteps)} do not equal 1000 * the schedule's sigmas {list(resolved.sigmas)}")
         return schedule
     if schedule is not None:
         raise SwdError("schedule: pass either schedule= or scales=/sigmas=, not both")
     from swd.schedules import from_authors
     return from_authors(scales, sigmas, timesteps)
+
+
+def _same_sigmas(a: ScaleSchedule, b: ScaleSchedule) -> bool:
+    return len(a.sigmas) == len(b.sigmas) and all(abs(x - y) <= 1e-3 for x, y in zip(a.sigmas, b.sigmas))
+
+
+def check_image_size(schedule: ScaleSchedule, height, width, vae_scale_factor: int) -> None:
+    """The authors' calls pass height/width: the first scale's size (their SD3/FLUX README) or the
+    last (their SDXL README). Either is accepted; the image always has the last scale's size."""
+    if height is None and width is None:
+        return
+    sizes = [tuple(v * vae_scale_factor for v in schedule.scales[i]) for i in (0, -1)]
+    if (height, width) not in sizes:
+        raise SwdError(f"height, width: {height}x{width} px is neither the schedule's first nor last size "
+                       f"({sizes[0][0]}x{sizes[0][1]} or {sizes[1][0]}x{sizes[1][1]} px); the image has the last")
 
 
 def check_schedule(schedule, adapter, default: str) -> ScaleSchedule:
@@ -150,9 +173,9 @@ def check_common(
         raise SwdError(f"output_type: {output_type!r} needs a vae; this pipeline has none (use 'latent')")
     if upsample_mode not in UPSAMPLE_MODES:
         raise SwdError(f"upsample_mode: unknown {upsample_mode!r}; choose one of {', '.join(UPSAMPLE_MODES)}")
-    if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or not (
+    if max_sequence_length is not None and (isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or not (
         1 <= max_sequence_length <= max_sequence_limit
-    ):
+    )):
         raise SwdError(f"max_sequence_length: expected an int in [1, {max_sequence_limit}], got {max_sequence_length!r}")
     if vae is not None and vae.config.latent_channels != adapter.latent_channels:
         raise SwdError(
@@ -228,6 +251,7 @@ class ScaleWisePipelineMixin:
                 upsample_mode=upsample_mode,
                 noise=latents,
                 callback=on_step,
+                process=getattr(adapter, "process", None),
             )
 
     def decode_latents(self, latents: torch.Tensor, output_type: str = "pil"):
@@ -251,6 +275,7 @@ __all__ = [
     "check_embed_widths",
     "check_negative_prompts",
     "check_prompts",
+    "check_image_size",
     "check_schedule",
     "unwrap_transformer",
 ]

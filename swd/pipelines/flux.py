@@ -26,6 +26,7 @@ from swd.pipelines.common import (
     check_embed_widths,
     check_prompts,
     authors_schedule,
+    check_image_size,
     check_schedule,
     unwrap_transformer,
 )
@@ -141,6 +142,8 @@ class SwDFluxPipeline(ScaleWisePipelineMixin, FluxPipeline):
         scales=None,
         sigmas=None,
         timesteps=None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
         guidance_scale: float = default_guidance,
         num_images_per_prompt: int = 1,
         generator: Optional[torch.Generator] = None,
@@ -163,7 +166,7 @@ class SwDFluxPipeline(ScaleWisePipelineMixin, FluxPipeline):
         callback: called after every step as callback(step=, x=, sigma=, x0=), on unpacked latents.
         Returns FluxPipelineOutput(images=...), or (images,) with return_dict=False.
         """
-        # The authors' call style: scales= and sigmas= (trailing 0 optional), timesteps= checked.
+        # The authors' call style: scales= and sigmas= (trailing 0 optional), timesteps= and height/width checked.
         schedule = authors_schedule(schedule, scales, sigmas, timesteps)
         schedule = self.check_inputs(
             prompt,
@@ -179,6 +182,8 @@ class SwDFluxPipeline(ScaleWisePipelineMixin, FluxPipeline):
             upsample_mode=upsample_mode,
             max_sequence_length=max_sequence_length,
         )
+        # The authors' calls pass height/width of the first scale; the image has the last scale's size.
+        check_image_size(schedule, height, width, self.vae_scale_factor)
         self._guidance_scale = guidance_scale
         self._joint_attention_kwargs = None
         self._interrupt = False

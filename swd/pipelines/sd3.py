@@ -32,6 +32,7 @@ from swd.pipelines.common import (
     check_negative_prompts,
     check_prompts,
     authors_schedule,
+    check_image_size,
     check_schedule,
     unwrap_transformer,
 )
@@ -187,6 +188,8 @@ class SwDStableDiffusion3Pipeline(ScaleWisePipelineMixin, StableDiffusion3Pipeli
         scales=None,
         sigmas=None,
         timesteps=None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
         negative_prompt: PromptArg = None,
         negative_prompt_2: PromptArg = None,
         negative_prompt_3: PromptArg = None,
@@ -218,7 +221,7 @@ class SwDStableDiffusion3Pipeline(ScaleWisePipelineMixin, StableDiffusion3Pipeli
         callback: called after every step as callback(step=, x=, sigma=, x0=).
         Returns StableDiffusion3PipelineOutput(images=...), or (images,) with return_dict=False.
         """
-        # The authors' call style: scales= and sigmas= (trailing 0 optional), timesteps= checked.
+        # The authors' call style: scales= and sigmas= (trailing 0 optional), timesteps= and height/width checked.
         schedule = authors_schedule(schedule, scales, sigmas, timesteps)
         schedule = self.check_inputs(
             prompt,
@@ -240,6 +243,8 @@ class SwDStableDiffusion3Pipeline(ScaleWisePipelineMixin, StableDiffusion3Pipeli
             upsample_mode=upsample_mode,
             max_sequence_length=max_sequence_length,
         )
+        # The authors' calls pass height/width of the first scale; the image has the last scale's size.
+        check_image_size(schedule, height, width, self.vae_scale_factor)
         self._guidance_scale = guidance_scale
         self._clip_skip = clip_skip
         self._joint_attention_kwargs = None

@@ -1,0 +1,277 @@
+"""Scale-wise sampling pipeline for SDXL students (noise-prediction UNet).
+
+`SwDStableDiffusionXLPipeline` is diffusers' `StableDiffusionXLPipeline` with a scale-wise
+`__call__`: prompts are encoded by diffusers' own `encode_prompt` (CLIP L states + CLIP G states
+and pooled vector), the latents come from `swd.sampling.sample_scalewise` driven by a
+`UNetAdapter` with SDXL's added conditions, and the VAE decodes the last scale.
+
+The forward process follows the pipeline's scheduler config: a DDPM-family scheduler (DDPM,
+Euler, ...) gives `DDPMProcess` with its betas and prediction_type; without a scheduler, SDXL's
+(scaled_linear 0.00085 -> 0.012, epsilon). Sigma is the timestep over 1000, as the authors' call
+`timesteps = 1000 * sigmas` (sigma 1 -> timestep 999).
+
+    pipe = SwDStableDiffusionXLPipeline.from_pretrained("stabilityai/stable-diffusion-xl-base-1.0")
+    swd.lora.load_lora(pipe.unet, "yresearch/swd-sdxl")
+    image = pipe("a cat", schedule="sdxl-4").images[0]
+
+Time ids (SDXL's micro-conditions) follow each scale: an uncropped image of the current latent
+size times the VAE factor, as in training (`UNetAdapter.added_conditions`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Union
+
+import torch
+from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffusionXLPipelineOutput
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from swd.errors import SwdError
+from swd.models.unet import UNetAdapter
+from swd.pipelines.common import (
+    ScaleWisePipelineMixin,
+    authors_schedule,
+    check_common,
+    check_embed_widths,
+    check_image_size,
+    check_negative_prompts,
+    check_prompts,
+    check_schedule,
+    unwrap_transformer,
+)
+from swd.processes import process_from_scheduler_config, sdxl_process
+from swd.sampling import conditioned, guided
+from swd.schedules import ScaleSchedule
+
+PromptArg = Optional[Union[str, list[str]]]
+
+
+class SwDStableDiffusionXLPipeline(ScaleWisePipelineMixin, StableDiffusionXLPipeline):
+    """Few-step scale-wise text-to-image generation with an SDXL student.
+
+    Components are those of `StableDiffusionXLPipeline`; the text encoders, tokenizers and the
+    scheduler are optional (without encoders pass `prompt_embeds` and `pooled_prompt_embeds`).
+    The scheduler is not stepped: its config only names the forward process.
+    """
+
+    default_schedule = "sdxl-4"
+    _optional_components = [
+        "scheduler",
+        "text_encoder",
+        "tokenizer",
+        "text_encoder_2",
+        "tokenizer_2",
+        "image_encoder",
+        "feature_extractor",
+    ]
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel = None,
+        tokenizer: CLIPTokenizer = None,
+        text_encoder_2: CLIPTextModelWithProjection = None,
+        tokenizer_2: CLIPTokenizer = None,
+        scheduler=None,
+        image_encoder=None,
+        feature_extractor=None,
+        force_zeros_for_empty_prompt: bool = True,
+        add_watermarker: Optional[bool] = False,
+    ):
+        super().__init__(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            unet=unet,
+            scheduler=scheduler,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
+            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+            add_watermarker=add_watermarker,
+        )
+
+    def noise_process(self):
+        """The forward process of the scheduler's config (SDXL's DDPM without a scheduler)."""
+        if self.scheduler is None:
+            return sdxl_process("epsilon")
+        return process_from_scheduler_config(self.scheduler.config)
+
+    def model_adapter(self) -> UNetAdapter:
+        """The sampler's view of the UNet: (x, sigma, cond) -> its prediction; `.process` gives x0."""
+        process = self.noise_process()
+        prediction = getattr(process, "prediction", "flow")
+        return UNetAdapter(unwrap_transformer(self.unet), prediction=prediction, process=process,
+                           vae_scale_factor=self.vae_scale_factor)
+
+    def _has_text_encoders(self) -> bool:
+        parts = (self.text_encoder, self.tokenizer, self.text_encoder_2, self.tokenizer_2)
+        return all(p is not None for p in parts)
+
+    def _check_widths(self, adapter, embeds, pooled, names=("prompt_embeds", "pooled_prompt_embeds")):
+        from swd.models import text_widths
+
+        check_embed_widths(embeds, pooled, *text_widths(adapter.config), names=names)
+
+    def check_inputs(
+        self,
+        prompt: PromptArg = None,
+        prompt_2: PromptArg = None,
+        *,
+        schedule: Union[str, ScaleSchedule, None] = None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        negative_prompt: PromptArg = None,
+        negative_prompt_2: PromptArg = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        pooled_prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+        negative_pooled_prompt_embeds: Optional[torch.Tensor] = None,
+        guidance_scale: float = 1.0,
+        num_images_per_prompt: int = 1,
+        generator: Optional[torch.Generator] = None,
+        latents: Optional[torch.Tensor] = None,
+        output_type: str = "pil",
+        upsample_mode: str = "bicubic",
+    ) -> ScaleSchedule:
+        """Validate every argument of `__call__` (SwdError naming the field); returns the resolved schedule."""
+        adapter = self.model_adapter()
+        schedule = check_schedule(schedule, adapter, self.default_schedule)
+        check_image_size(schedule, height, width, self.vae_scale_factor)
+        batch = check_prompts({"prompt": prompt, "prompt_2": prompt_2}, prompt_embeds, pooled_prompt_embeds)
+        if prompt_embeds is None and not self._has_text_encoders():
+            raise SwdError("prompt: this pipeline has no CLIP text encoders/tokenizers; "
+                           "pass prompt_embeds and pooled_prompt_embeds")
+        self._check_widths(adapter, prompt_embeds, pooled_prompt_embeds)
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:
+            raise SwdError(f"guidance_scale: expected a number >= 0 (<= 1 = no classifier-free guidance, the "
+                           f"SwD default), got {guidance_scale!r}")
+        if guidance_scale > 1:
+            negatives = {"negative_prompt": negative_prompt, "negative_prompt_2": negative_prompt_2}
+            check_negative_prompts(negatives, negative_prompt_embeds, negative_pooled_prompt_embeds, prompt_embeds, batch)
+            if negative_prompt_embeds is None and not self._has_text_encoders():
+                raise SwdError("negative_prompt_embeds: guidance_scale > 1 needs negative embeddings (with "
+                               "negative_pooled_prompt_embeds) when the pipeline has no text encoders")
+            self._check_widths(adapter, negative_prompt_embeds, negative_pooled_prompt_embeds,
+                               names=("negative_prompt_embeds", "negative_pooled_prompt_embeds"))
+        check_common(
+            adapter=adapter,
+            vae=self.vae,
+            schedule=schedule,
+            batch=batch,
+            num_images_per_prompt=num_images_per_prompt,
+            generator=generator,
+            latents=latents,
+            output_type=output_type,
+            upsample_mode=upsample_mode,
+            max_sequence_length=None,  # CLIP's 77 tokens, set by the tokenizers
+            max_sequence_limit=0,
+        )
+        return schedule
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: PromptArg = None,
+        prompt_2: PromptArg = None,
+        *,
+        schedule: Union[str, ScaleSchedule, None] = None,
+        scales=None,
+        sigmas=None,
+        timesteps=None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        negative_prompt: PromptArg = None,
+        negative_prompt_2: PromptArg = None,
+        guidance_scale: float = 1.0,
+        num_images_per_prompt: int = 1,
+        generator: Optional[torch.Generator] = None,
+        latents: Optional[torch.Tensor] = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        pooled_prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+        negative_pooled_prompt_embeds: Optional[torch.Tensor] = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        clip_skip: Optional[int] = None,
+        upsample_mode: str = "bicubic",
+        callback: Optional[Callable[..., None]] = None,
+    ):
+        """Generate images; the schedule (preset name, file or ScaleSchedule) sets steps, sizes and sigmas.
+
+        The authors' call: `pipe(prompt, timesteps=1000 * sigmas (trailing 0 included), scales=[...],
+        height=1024, width=1024, guidance_scale=1.0)`; height/width may be the first or last scale's
+        size, the image has the last. guidance_scale <= 1 runs the student alone; > 1 adds CFG
+        against negative_prompt (by default the empty prompt, zeros as SDXL's
+        force_zeros_for_empty_prompt). callback(step=, x=, sigma=, x0=) after every step.
+        Returns StableDiffusionXLPipelineOutput(images=...), or (images,) with return_dict=False.
+        """
+        schedule = authors_schedule(schedule, scales, sigmas, timesteps)
+        schedule = self.check_inputs(
+            prompt,
+            prompt_2,
+            schedule=schedule,
+            height=height,
+            width=width,
+            negative_prompt=negative_prompt,
+            negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            guidance_scale=guidance_scale,
+            num_images_per_prompt=num_images_per_prompt,
+            generator=generator,
+            latents=latents,
+            output_type=output_type,
+            upsample_mode=upsample_mode,
+        )
+        self._guidance_scale = guidance_scale
+        self._clip_skip = clip_skip
+        self._cross_attention_kwargs = None
+        self._interrupt = False
+        device = self._execution_device
+        adapter = self.model_adapter()
+        use_cfg = guidance_scale > 1
+
+        # 1. Text: diffusers' own two-encoder stack; per-image copies are made below.
+        prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds = self.encode_prompt(
+            prompt=prompt,
+            prompt_2=prompt_2,
+            device=device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=use_cfg,
+            negative_prompt=negative_prompt,
+            negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            clip_skip=clip_skip,
+        )
+        dtype = adapter.dtype
+        cond = self._condition(prompt_embeds, pooled_prompt_embeds, num_images_per_prompt, device, dtype)
+
+        # 2. Denoiser: the student alone, or with CFG (on the UNet's output, eps or v: linear in x0).
+        if use_cfg:
+            uncond = self._condition(
+                negative_prompt_embeds, negative_pooled_prompt_embeds, num_images_per_prompt, device, dtype
+            )
+            denoiser = guided(adapter, cond, uncond, float(guidance_scale))
+        else:
+            denoiser = conditioned(adapter, cond)
+
+        # 3. Scale-wise sampling from noise at the first scale to x0 at the last (adapter.process).
+        x0 = self._sample(
+            denoiser, adapter, schedule, cond.batch_size, generator, device, dtype, latents, upsample_mode, callback
+        )
+
+        # 4. Decode.
+        images = self.decode_latents(x0, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return StableDiffusionXLPipelineOutput(images=images)
