@@ -127,8 +127,9 @@ ARCHS: dict[str, ArchSpec] = {
     ),
     "tiny-wan": ArchSpec(
         name="tiny-wan", family="wan",
-        transformer=dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
-                         out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2,
+        # 16 latent channels: the z_dim of AutoencoderKLWan (its latents_mean/std have 16 entries).
+        transformer=dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
+                         out_channels=16, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2,
                          rope_max_seq_len=32),
         text_tokens=6, default_schedule="", feature_block=0, teacher_steps=50, teacher_cfg=5.0,
     ),

@@ -1,0 +1,260 @@
+"""Spatio-temporal scale-wise sampling pipeline for Wan2.1 text-to-video students.
+
+`SwDWanPipeline` is diffusers' `WanPipeline` with a scale-wise `__call__`: prompts are encoded by
+diffusers' own UMT5 `encode_prompt` (the pipeline is a subclass), the latents come from
+`swd.sampling.sample_scalewise` driven by a `WanAdapter` over a video schedule ((frames, h, w)
+latent scales), and the causal VAE decodes the last scale into 4 (frames - 1) + 1 pixel frames
+of 8 h x 8 w.
+
+    pipe = SwDWanPipeline.from_pretrained("path/to/Wan2.1-T2V-1.3B-Diffusers", torch_dtype=torch.bfloat16)
+    frames = pipe("a red star moving right", schedule="wan-4").frames[0]   # (81, 480, 832, 3)
+    swd.video.save_video(frames, "star.gif", fps=16)
+
+Students run without classifier-free guidance (guidance_scale=1); > 1 batches the negative (by
+default empty) prompt through `swd.sampling.guided`, as the teacher does.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Union
+
+import torch
+from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
+
+from swd.errors import SwdError
+from swd.models.base import TextCondition
+from swd.models.wan import WanAdapter
+from swd.pipelines.common import check_schedule, unwrap_transformer
+from swd.sampling import TIME_MODES, UPSAMPLE_MODES, conditioned, guided, sample_scalewise
+from swd.schedules import ScaleSchedule
+
+PromptArg = Optional[Union[str, list[str]]]
+VIDEO_OUTPUT_TYPES = ("np", "pil", "pt", "latent")
+MAX_SEQUENCE_LENGTH = 512  # UMT5 tokens Wan2.1 was trained with
+
+
+def _describe(value) -> str:
+    return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _count_prompts(name: str, value) -> int:
+    if isinstance(value, str):
+        return 1
+    if isinstance(value, list) and value and all(isinstance(p, str) for p in value):
+        return len(value)
+    raise SwdError(f"{name}: expected a str or a non-empty list of str, got {_describe(value)}")
+
+
+def _check_embeds(name: str, embeds, width: int) -> None:
+    if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3:
+        raise SwdError(f"{name}: expected a (B, L, {width}) tensor, got {_describe(embeds)}")
+    if embeds.shape[-1] != width:
+        raise SwdError(f"{name}: last dimension {embeds.shape[-1]} does not match the transformer's text_dim {width}")
+
+
+class SwDWanPipeline(WanPipeline):
+    """Few-step spatio-temporal scale-wise text-to-video generation with a Wan2.1 student.
+
+    Components are those of `WanPipeline`; the UMT5 encoder and tokenizer are optional (without
+    them pass `prompt_embeds`), and `scheduler` is unused, kept so a standard Wan folder loads.
+    """
+
+    default_schedule = "wan-4"
+    _optional_components = ["scheduler", "text_encoder", "tokenizer", "transformer_2"]
+
+    def __init__(
+        self,
+        transformer: WanTransformer3DModel,
+        vae: AutoencoderKLWan,
+        text_encoder=None,
+        tokenizer=None,
+        scheduler: FlowMatchEulerDiscreteScheduler = None,
+        transformer_2=None,
+        boundary_ratio=None,
+        expand_timesteps: bool = False,
+    ):
+        super().__init__(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                         transformer=transformer, transformer_2=None, boundary_ratio=None, expand_timesteps=False)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        kwargs.setdefault("use_safetensors", True)  # never diffusers' pickled .bin fallback
+        return super().from_pretrained(*args, **kwargs)
+
+    def model_adapter(self) -> WanAdapter:
+        return WanAdapter(unwrap_transformer(self.transformer))
+
+    def check_inputs(
+        self,
+        prompt: PromptArg = None,
+        *,
+        schedule=None,
+        negative_prompt: PromptArg = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+        guidance_scale: float = 1.0,
+        num_videos_per_prompt: int = 1,
+        generator: Optional[torch.Generator] = None,
+        latents: Optional[torch.Tensor] = None,
+        output_type: str = "np",
+        upsample_mode: str = "bicubic",
+        time_mode: str = "linear",
+        max_sequence_length: int = MAX_SEQUENCE_LENGTH,
+    ) -> tuple[ScaleSchedule, int]:
+        """Validate every argument of `__call__` (SwdError naming the field); (schedule, prompts)."""
+        adapter = self.model_adapter()
+        schedule = check_schedule(schedule, adapter, self.default_schedule)
+        width = adapter.config.text_dim
+        if prompt is not None and prompt_embeds is not None:
+            raise SwdError("prompt and prompt_embeds: give either prompts or precomputed embeddings, not both")
+        if prompt_embeds is not None:
+            _check_embeds("prompt_embeds", prompt_embeds, width)
+            batch = prompt_embeds.shape[0]
+        elif prompt is None:
+            raise SwdError("prompt: give a prompt (str or list of str) or prompt_embeds")
+        else:
+            batch = _count_prompts("prompt", prompt)
+            if self.text_encoder is None or self.tokenizer is None:
+                raise SwdError("prompt: this pipeline has no UMT5 text encoder/tokenizer; pass prompt_embeds")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 1:
+            raise SwdError(f"guidance_scale: expected a number >= 1 (1 = no classifier-free guidance), got {guidance_scale!r}")
+        if guidance_scale > 1:
+            if negative_prompt is not None and negative_prompt_embeds is not None:
+                raise SwdError("negative_prompt and negative_prompt_embeds: give one, not both")
+            if negative_prompt_embeds is not None:
+                _check_embeds("negative_prompt_embeds", negative_prompt_embeds, width)
+                if negative_prompt_embeds.shape[0] != batch:
+                    raise SwdError(f"negative_prompt_embeds: batch of {negative_prompt_embeds.shape[0]} for {batch} prompts")
+            elif self.text_encoder is None or self.tokenizer is None:
+                raise SwdError("negative_prompt_embeds: guidance_scale > 1 needs them when the pipeline has no text encoder")
+            elif negative_prompt is not None and not isinstance(negative_prompt, str):
+                if _count_prompts("negative_prompt", negative_prompt) != batch:
+                    raise SwdError(f"negative_prompt: {len(negative_prompt)} negative prompt(s) for {batch} prompts")
+        if isinstance(num_videos_per_prompt, bool) or not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
+            raise SwdError(f"num_videos_per_prompt: expected a positive int, got {num_videos_per_prompt!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise SwdError(f"generator: expected one torch.Generator (it seeds the whole batch), got {_describe(generator)}")
+        if output_type not in VIDEO_OUTPUT_TYPES:
+            raise SwdError(f"output_type: unknown {output_type!r}; choose one of {', '.join(VIDEO_OUTPUT_TYPES)}")
+        if upsample_mode not in UPSAMPLE_MODES:
+            raise SwdError(f"upsample_mode: unknown {upsample_mode!r}; choose one of {', '.join(UPSAMPLE_MODES)}")
+        if time_mode not in TIME_MODES:
+            raise SwdError(f"time_mode: unknown {time_mode!r}; choose one of {', '.join(TIME_MODES)}")
+        if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or not (
+            1 <= max_sequence_length <= MAX_SEQUENCE_LENGTH
+        ):
+            raise SwdError(f"max_sequence_length: expected an int in [1, {MAX_SEQUENCE_LENGTH}], got {max_sequence_length!r}")
+        if self.vae is not None and self.vae.config.z_dim != adapter.latent_channels:
+            raise SwdError(f"vae: {self.vae.config.z_dim} latent channels, but the transformer takes {adapter.latent_channels}")
+        if latents is not None:
+            expected = (batch * num_videos_per_prompt, adapter.latent_channels, *schedule.scales[0])
+            if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != expected:
+                raise SwdError(f"latents: the starting noise must have shape {expected} (videos, channels, first "
+                               f"scale's frames, h, w), got {_describe(latents)}")
+        return schedule, batch
+
+    def _condition(self, embeds: torch.Tensor, per_prompt: int, device, dtype) -> TextCondition:
+        # Wan has no pooled text vector: a zero-width one keeps TextCondition's shape contract.
+        embeds = embeds.to(device, dtype).repeat_interleave(per_prompt, dim=0)
+        return TextCondition(embeds, embeds.new_zeros(embeds.shape[0], 0))
+
+    def decode_latents(self, latents: torch.Tensor, output_type: str = "np"):
+        """Normalised latents (B, C, F, h, w) -> 4 (F - 1) + 1 frames of 8h x 8w.
+
+        Wan's latents are normalised per channel, z_model = (z_vae - mean) / std, so the VAE sees
+        z_model * std + mean.
+        """
+        if output_type == "latent":
+            return latents
+        config = self.vae.config
+        shape = (1, config.z_dim, 1, 1, 1)
+        mean = torch.tensor(config.latents_mean).view(shape).to(latents.device, latents.dtype)
+        std = torch.tensor(config.latents_std).view(shape).to(latents.device, latents.dtype)
+        video = self.vae.decode((latents * std + mean).to(self.vae.dtype), return_dict=False)[0]
+        return self.video_processor.postprocess_video(video, output_type=output_type)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: PromptArg = None,
+        *,
+        schedule: Union[str, ScaleSchedule, None] = None,
+        negative_prompt: PromptArg = None,
+        guidance_scale: float = 1.0,
+        num_videos_per_prompt: int = 1,
+        generator: Optional[torch.Generator] = None,
+        latents: Optional[torch.Tensor] = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        max_sequence_length: int = MAX_SEQUENCE_LENGTH,
+        upsample_mode: str = "bicubic",
+        time_mode: str = "linear",
+        callback: Optional[Callable[..., None]] = None,
+    ):
+        """Generate videos; the schedule (a video preset, file or ScaleSchedule) sets the steps,
+        (frames, h, w) latent sizes and sigmas.
+
+        output_type: 'np' (B, F, H, W, 3) in [0, 1], 'pil' (a list of frame lists), 'pt'
+            (B, F, 3, H, W), or 'latent' (B, C, frames, h, w) at the last scale, still normalised.
+        time_mode: how x0 grows in time between scales (`swd.sampling.time_upsample_matrix`).
+        callback: called after every step as callback(step=, x=, sigma=, x0=).
+        Returns WanPipelineOutput(frames=...), or (frames,) with return_dict=False.
+        """
+        schedule, batch = self.check_inputs(
+            prompt, schedule=schedule, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, guidance_scale=guidance_scale,
+            num_videos_per_prompt=num_videos_per_prompt, generator=generator, latents=latents,
+            output_type=output_type, upsample_mode=upsample_mode, time_mode=time_mode,
+            max_sequence_length=max_sequence_length,
+        )
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+        device = self._execution_device
+        adapter = self.model_adapter()
+        dtype = adapter.dtype
+        use_cfg = guidance_scale > 1
+
+        # 1. Text: diffusers' UMT5 encoding (padded with zeros past each prompt's tokens); it wants
+        # prompt and negative prompt of the same type.
+        if isinstance(prompt, str) and isinstance(negative_prompt, list):
+            prompt = [prompt]
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=use_cfg,
+            num_videos_per_prompt=1, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            max_sequence_length=max_sequence_length, device=device, dtype=dtype,
+        )
+        cond = self._condition(prompt_embeds, num_videos_per_prompt, device, dtype)
+
+        # 2. Denoiser: the student alone, or with CFG against the negative prompt.
+        if use_cfg:
+            if negative_prompt_embeds.shape[1:] != prompt_embeds.shape[1:]:
+                raise SwdError(f"negative_prompt_embeds: shape {tuple(negative_prompt_embeds.shape)} does not match "
+                               f"the prompts' {tuple(prompt_embeds.shape)} outside the batch dimension")
+            uncond = self._condition(negative_prompt_embeds, num_videos_per_prompt, device, dtype)
+            denoiser = guided(adapter, cond, uncond, float(guidance_scale))
+        else:
+            denoiser = conditioned(adapter, cond)
+
+        # 3. Scale-wise sampling from noise at the first (frames, h, w) to x0 at the last.
+        with self.progress_bar(total=schedule.steps) as bar:
+
+            def on_step(**info):
+                bar.update()
+                if callback is not None:
+                    callback(**info)
+
+            x0 = sample_scalewise(
+                denoiser, schedule, batch_size=cond.batch_size, channels=adapter.latent_channels,
+                generator=generator, device=device, dtype=dtype, upsample_mode=upsample_mode,
+                noise=latents, callback=on_step, time_mode=time_mode,
+            )
+
+        # 4. Decode.
+        frames = self.decode_latents(x0, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames,)
+        return WanPipelineOutput(frames=frames)
