@@ -6,10 +6,11 @@ file layouts carry the same tensors under different keys:
 | format | keys | scale |
 |---|---|---|
 | peft | `base_model.model.<module>.lora_A.weight` / `lora_B.weight` + `adapter_config.json` | config r, lora_alpha |
-| diffusers | `transformer.<module>.lora_A.weight` / `lora_B.weight` | `lora_adapter_metadata` header, else alpha = r |
-| comfyui | `lora_transformer_<module with _ for .>.lora_down.weight` / `.lora_up.weight` / `.alpha` | alpha / r per module |
+| diffusers | `transformer.<module>.lora_A.weight` / `lora_B.weight` (UNets: `unet.`) | `lora_adapter_metadata` header, else alpha = r |
+| comfyui | `lora_transformer_<module with _ for .>.lora_down.weight` / `.lora_up.weight` / `.alpha` (UNets: `lora_unet_`) | alpha / r per module |
 
-`<module>` is the diffusers module path, e.g. `transformer_blocks.0.attn.to_q`.
+`<module>` is the diffusers module path, e.g. `transformer_blocks.0.attn.to_q`, or for an SDXL
+UNet `down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q`.
 
 Why this ComfyUI layout. ComfyUI's LoRA loader (comfy/lora.py, `model_lora_keys_unet`) maps,
 for SD3 and FLUX models, diffusers module paths under these prefixes: `transformer.<path>`,
@@ -24,6 +25,10 @@ for SD3 and FLUX it maps ComfyUI's own module names (fused `joint_blocks_0_x_blo
 `lora_transformer_<path>` keys with kohya suffixes and a per-module alpha: one layout for both
 families, and ComfyUI applies separate q/k/v LoRAs to the right slices of its fused qkv weights.
 The diffusers export (`transformer.` + lora_A/lora_B) also loads in recent ComfyUI versions.
+
+UNets (SDXL) are the other way round: there ComfyUI maps `lora_unet_<diffusers UNet path with
+underscores>` (its `unet_to_diffusers` table) and `unet.<path>` diffusers keys, so the UNet export
+writes `lora_unet_` keys with the same kohya suffixes and alphas.
 
 Loading goes through diffusers' `load_lora_adapter` (peft injection); saving the diffusers format
 through `StableDiffusion3Pipeline/FluxPipeline.save_lora_weights` and peft's
@@ -52,6 +57,9 @@ LORA_FORMATS = ("peft", "diffusers", "comfyui")
 PEFT_PREFIX = "base_model.model."
 DIFFUSERS_PREFIX = "transformer."
 COMFY_PREFIX = "lora_transformer_"
+# UNet families write these instead (diffusers' SDXL LoRA layout; ComfyUI's kohya UNet names).
+UNET_DIFFUSERS_PREFIX = "unet."
+UNET_COMFY_PREFIX = "lora_unet_"
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 DIFFUSERS_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
@@ -66,6 +74,8 @@ _JOINT_TARGETS = [
     "ff.net.0.proj", "ff.net.2",
     "ff_context.net.0.proj", "ff_context.net.2",
 ]
+# UNet attention (self attn1, cross attn2) q/k/v/out and the transformer blocks' feed-forward.
+_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
 # FLUX single-stream blocks: proj_mlp is the feed-forward input; proj_out is the shared output of
 # attention and feed-forward. "proj_out" also names FLUX's final layer, which lora_config excludes.
 _FLUX_SINGLE_TARGETS = ["proj_mlp", "proj_out"]
@@ -83,10 +93,7 @@ def lora_target_modules(family: str) -> list[str]:
     if family == "flux":
         return list(_JOINT_TARGETS) + list(_FLUX_SINGLE_TARGETS)
     if family == "unet":
-        # The targets would be attention's to_q/k/v/out.0, but the diffusers and ComfyUI writers
-        # know only transformer LoRAs: refused before training rather than at export.
-        raise SwdError("lora_rank: LoRA on UNet2DConditionModel models is not supported yet; set "
-                       "generator.lora_rank and fake.lora_rank to 0 (full fine-tuning)")
+        return list(_UNET_TARGETS)
     raise SwdError(f"family: unknown {family!r}; choose sd3, flux or unet")
 
 
@@ -136,12 +143,26 @@ class LoraFile:
     config: Optional[dict] = None
 
 
+_FORMAT_PREFIXES = (
+    ("peft", PEFT_PREFIX), ("diffusers", DIFFUSERS_PREFIX), ("diffusers", UNET_DIFFUSERS_PREFIX),
+    ("comfyui", COMFY_PREFIX), ("comfyui", UNET_COMFY_PREFIX),
+)
+
+
+def _prefix_of(state_dict: dict) -> Optional[str]:
+    """The prefix every key shares, of those the formats use (None for bare peft keys)."""
+    for _, prefix in _FORMAT_PREFIXES:
+        if all(k.startswith(prefix) for k in state_dict):
+            return prefix
+    return None
+
+
 def detect_lora_format(state_dict: dict) -> str:
     """'peft', 'diffusers' or 'comfyui' from the keys; bare peft keys (`<module>.lora_A.weight`) count as peft."""
     if not state_dict:
         raise SwdError("lora: the state dict is empty")
     keys = list(state_dict)
-    for fmt, prefix in (("peft", PEFT_PREFIX), ("diffusers", DIFFUSERS_PREFIX), ("comfyui", COMFY_PREFIX)):
+    for fmt, prefix in _FORMAT_PREFIXES:
         if all(k.startswith(prefix) for k in keys):
             return fmt
     if all(re.search(r"\.lora_[AB]\.weight$", k) for k in keys):
@@ -200,7 +221,7 @@ def read_lora(source) -> LoraFile:
     sd, header = _read_safetensors(weights)
     fmt = detect_lora_format(sd)
     if fmt == "diffusers" and DIFFUSERS_METADATA_KEY in header:
-        config = _strip_prefix(json.loads(header[DIFFUSERS_METADATA_KEY]), DIFFUSERS_PREFIX)
+        config = _strip_prefix(json.loads(header[DIFFUSERS_METADATA_KEY]), _prefix_of(sd))
     return LoraFile(sd, fmt, config)
 
 
@@ -225,21 +246,22 @@ def _to_peft(lora: LoraFile, model: nn.Module) -> tuple[dict[str, torch.Tensor],
     if lora.format == "peft":
         sd = {k[len(PEFT_PREFIX):] if k.startswith(PEFT_PREFIX) else k: v for k, v in sd.items()}
     elif lora.format == "diffusers":
-        sd = {k[len(DIFFUSERS_PREFIX):]: v for k, v in sd.items()}
+        prefix = _prefix_of(sd)
+        sd = {k[len(prefix):]: v for k, v in sd.items()}
     elif lora.format == "comfyui":
-        sd, config = _comfy_to_peft(sd, model)
+        sd, config = _comfy_to_peft(sd, model, _prefix_of(sd))
     for key in sd:
         if not re.search(r"\.lora_[AB]\.weight$", key):
             raise SwdError(f"lora: unsupported tensor {key!r} (only plain LoRA A/B weights, no DoRA or LoRA bias)")
     return sd, config
 
 
-def _comfy_to_peft(sd: dict, model: nn.Module) -> tuple[dict, dict]:
+def _comfy_to_peft(sd: dict, model: nn.Module, prefix: str = COMFY_PREFIX) -> tuple[dict, dict]:
     names = _linear_names(model)
     out, ranks, alphas = {}, {}, {}
     for key, tensor in sd.items():
         stem, _, suffix = key.partition(".")
-        underscored = stem[len(COMFY_PREFIX):]
+        underscored = stem[len(prefix):]
         if underscored not in names:
             raise SwdError(f"lora: {key!r} names no linear layer of this {type(model).__name__}")
         module = names[underscored]
@@ -355,16 +377,23 @@ def _adapter_state_dict(model: nn.Module, adapter_name: str) -> dict[str, torch.
 
 
 def save_lora_diffusers(transformer, directory, adapter_name: str = "default", weight_name: Optional[str] = None) -> Path:
-    """diffusers' layout via `save_lora_weights`: `transformer.<module>.lora_A.weight`, config in the header."""
-    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+    """diffusers' layout via `save_lora_weights`: `transformer.<module>.lora_A.weight` (UNets:
+    `unet.<module>...`, StableDiffusionXLPipeline's), config in the header."""
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionXLPipeline
 
     model = _unwrap(transformer)
-    pipeline_cls = {"sd3": StableDiffusion3Pipeline, "flux": FluxPipeline}[model_family(model)]
+    family = model_family(model)
     sd = _adapter_state_dict(model, adapter_name)
     metadata = _config_dict(_peft_config(model, adapter_name))
-    pipeline_cls.save_lora_weights(
-        directory, transformer_lora_layers=sd, transformer_lora_adapter_metadata=metadata, weight_name=weight_name
-    )
+    if family == "unet":
+        StableDiffusionXLPipeline.save_lora_weights(
+            directory, unet_lora_layers=sd, unet_lora_adapter_metadata=metadata, weight_name=weight_name
+        )
+    else:
+        pipeline_cls = {"sd3": StableDiffusion3Pipeline, "flux": FluxPipeline}[family]
+        pipeline_cls.save_lora_weights(
+            directory, transformer_lora_layers=sd, transformer_lora_adapter_metadata=metadata, weight_name=weight_name
+        )
     return Path(directory) / (weight_name or DIFFUSERS_WEIGHTS_NAME)
 
 
@@ -380,10 +409,12 @@ def save_lora_peft(transformer, directory, adapter_name: str = "default") -> Pat
 
 
 def comfyui_state_dict(transformer, adapter_name: str = "default") -> dict[str, torch.Tensor]:
-    """`lora_transformer_<module>.lora_down.weight` (A), `.lora_up.weight` (B), `.alpha` (= scaling * r)."""
+    """`lora_transformer_<module>.lora_down.weight` (A), `.lora_up.weight` (B), `.alpha` (= scaling * r);
+    UNets `lora_unet_<module>...`."""
     out = {}
+    prefix = UNET_COMFY_PREFIX if model_family(transformer) == "unet" else COMFY_PREFIX
     for name, layer in _lora_layers(_unwrap(transformer), adapter_name):
-        stem = COMFY_PREFIX + name.replace(".", "_")
+        stem = prefix + name.replace(".", "_")
         r = layer.r[adapter_name]
         out[f"{stem}.lora_down.weight"] = layer.lora_A[adapter_name].weight.detach().contiguous()
         out[f"{stem}.lora_up.weight"] = layer.lora_B[adapter_name].weight.detach().contiguous()

@@ -88,3 +88,26 @@ def test_the_authors_call_style_gives_the_schedule_style_images(family):
     torch.testing.assert_close(theirs, ours, rtol=0, atol=0)
     with pytest.raises(SwdError, match="timesteps"):
         module.run(pipe, prompt="a cat", schedule=None, scales=[8, 12, 16, 24], sigmas=TINY_SCHEDULE.sigmas, timesteps=[1, 2, 3, 4])
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux", "sdxl"])
+def test_the_authors_peft_release_by_hub_id_gives_the_folders_images_in_each_pipeline(tmp_path, offline_cache, family):
+    """SD3, FLUX and SDXL pipelines: the PEFT folder and its Hub id (offline, from the cache) give
+    bit-identical images, different from the base model's."""
+    from tests.pipelines import sdxl_unet, test_flux, test_sd3, test_sdxl
+
+    module = {"sd3": test_sd3, "flux": test_flux, "sdxl": test_sdxl}[family]
+    attr = "unet" if family == "sdxl" else "transformer"
+    release_model = sdxl_unet() if family == "sdxl" else build(family)
+    targets = ["to_q", "to_k", "to_v", "to_out.0"] if family == "sdxl" else TARGETS[family]
+    wrapped = get_peft_model(release_model, LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=targets))
+    randomize_lora(wrapped.base_model.model)
+    wrapped.save_pretrained(tmp_path / "release")
+    cache_repo(offline_cache, "yresearch/swd-tiny", tmp_path / "release")
+
+    base, by_folder, by_id = module.make_pipe(), module.make_pipe(), module.make_pipe()
+    assert load_lora(getattr(by_folder, attr), tmp_path / "release") == "peft"
+    assert load_lora(getattr(by_id, attr), "yresearch/swd-tiny") == "peft"
+    images = module.run(by_id, prompt="a cat")
+    torch.testing.assert_close(images, module.run(by_folder, prompt="a cat"), rtol=0, atol=0)
+    assert (images - module.run(base, prompt="a cat")).abs().max() > 1e-4

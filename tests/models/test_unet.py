@@ -108,12 +108,11 @@ def test_feature_width_is_each_blocks_output_channels():
     assert [hidden_width(adapter.unet, b) for b in range(5)] == [8, 16, 16, 16, 8]
 
 
-def test_lora_on_a_unet_is_refused_in_one_line():
+def test_lora_on_a_unet_targets_attention_and_feed_forward():
     from swd.lora import lora_config, model_family
 
     assert model_family(tiny_unet()) == "unet"
-    with pytest.raises(SwdError, match="lora_rank: LoRA on UNet2DConditionModel"):
-        lora_config("unet", 4)
+    assert sorted(lora_config("unet", 4).target_modules) == sorted(["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"])
 
 
 def minilm_unet_folder(tmp_path, schedule=True):
@@ -193,18 +192,30 @@ def test_distill_from_a_unet_teacher(tmp_path, objective):
     assert type(student).__name__ == "UNet2DConditionModel" and (out / "schedule.yaml").is_file()
 
 
-def test_distill_refuses_lora_on_a_unet_teacher(tmp_path):
+def test_distill_with_lora_on_a_unet_teacher(tmp_path):
     from tests.train.test_distill import config
     from tests.train.test_teacher import synthetic_data
     from swd.train.distill import train_distill
 
-    cfg = config(tmp_path, "lora", "mmd-only", steps=1)
+    from swd.eval.evaluate import load_model
+    from swd.lora import load_lora
+
+    def teacher():
+        torch.manual_seed(0)
+        return build_testbed_model(UNetConfig(sample_size=16, block_out_channels=[8, 16], cross_attention=[False, True],
+                                              head_dim=8, norm_num_groups=4)).eval()
+
+    cfg = config(tmp_path, "lora", "mmd-only", steps=2)
     cfg.generator.lora_rank = 4
-    with pytest.raises(SwdError, match="lora_rank"):
-        train_distill(cfg, data=synthetic_data(), teacher=build_testbed_model(
-            UNetConfig(sample_size=16, block_out_channels=[8, 16], cross_attention=[False, True], head_dim=8,
-                       norm_num_groups=4)))
-    assert not (tmp_path / "lora" / "config.yaml").exists()
+    out = train_distill(cfg, data=synthetic_data(), teacher=teacher()).export_dir
+    merged, _ = load_model(out)
+    with_lora = teacher()
+    assert load_lora(with_lora, tmp_path / "lora" / "student-lora") in ("diffusers", "peft")
+    x, c = torch.randn(2, 3, 16, 16), TextCondition(torch.randn(2, 3, 384), torch.randn(2, 384))
+    assert load_lora(teacher(), tmp_path / "lora" / "student-lora" / "student_comfyui.safetensors") == "comfyui"
+    with torch.no_grad():
+        torch.testing.assert_close(UNetAdapter(with_lora)(x, 0.5, c), UNetAdapter(merged)(x, 0.5, c), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(UNetAdapter(teacher())(x, 0.5, c), UNetAdapter(merged)(x, 0.5, c))
 
 
 def test_trained_unet_teacher_exports_samples_and_distills_from_its_folder(tmp_path):
