@@ -38,14 +38,15 @@ def register(subparsers) -> None:
 
 
 def _cmd_distill(args) -> int:
-    from swd.train.distill import DistillConfig, objective_weights, resolve_config, train_distill, training_schedule
+    from swd.objectives import objective_class
+    from swd.train.distill import DistillConfig, resolve_config, train_distill, training_schedule
 
     cfg = load_config(DistillConfig, args.config, args.set)
     check_distill_config(cfg, resume=None if args.dry_run else args.resume)
     if args.dry_run:
         from swd.train.memory import dry_run_report
 
-        weights = objective_weights(cfg)
+        weights = objective_class(cfg.objective).loss_weights(cfg.losses)
         resolved = resolve_config(cfg)
         schedule = training_schedule(resolved)
         print(dump_config(resolved), end="")

@@ -11,44 +11,14 @@ Training data, for the distillation trainer, is any object with
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from swd.errors import SwdError
 from swd.models.base import TextCondition
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SwdError(f"device: {name} requested but no CUDA device is available")
-    return torch.device(name)
-
-
-def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast on CUDA when asked; full precision otherwise (CPU bf16 autocast is slow)."""
-    if precision not in ("bf16", "fp32"):
-        raise SwdError(f"precision: must be bf16 or fp32, got {precision!r}")
-    if device.type == "cuda" and precision == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1.0 - decay)
-
-
-def resize_area(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Area (box-filter) downscaling, the paper's choice for building lower-scale targets."""
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    return F.interpolate(images, size=(size, size), mode="area")
+# The trainers' runtime helpers live on the ground floor; imported here for the trainers' use.
+from swd.runtime import autocast_context, ema_update, pick_device, resize_area  # noqa: F401
 
 
 @dataclass

@@ -8,9 +8,14 @@ One generator step, in order:
      upsampled (bicubic) and noised to sigma_i (pure noise at the first scale); the generator
      predicts x0_hat at s_i, and the weighted DMD, MMD and GAN losses pull it to the data.
 
-Objectives (one config key): `swd` = DMD + MMD + GAN; `mmd-only` (no fake model at all);
-`dmd-only` = DMD + GAN without MMD; `dmd2-full` = DMD + GAN on the schedule's sigmas at constant
-full resolution (the few-step baseline, same code).
+Objectives (config key `objective`) are classes of `swd.objectives`: `swd` = DMD + MMD + GAN;
+`mmd-only` (no fake model at all); `dmd-only` = DMD + GAN without MMD; `dmd2-full` = DMD + GAN on
+the schedule's sigmas at constant full resolution. The loop below only calls their `fake_loss`
+and `generator_loss`; it never asks which objective it runs.
+
+Layout: `train_distill` is the loop; `prepare_run` validates, loads, builds and restores
+everything it uses (a `DistillRun`); `Reporter` writes logs, grids and evaluations; `export_run`
+writes the student.
 
 Models (config `model.arch`): the pixel-space testbed MMDiT, or SD3.5 / FLUX (real or tiny
 random configs of `swd.models.configs.ARCHS`) through `swd.models.adapter_for`. Latent models
@@ -26,6 +31,7 @@ points per step (velocity, features), which DDP's one-forward contract does not 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -39,41 +45,19 @@ from tqdm.auto import tqdm
 from swd.config import dump_config, to_dict
 from swd.errors import SwdError
 from swd.images import save_grid
-from swd.lora import lora_config, lora_target_modules, model_family, save_lora
-from swd.losses import GANHead, build_mmd_loss, dmd_loss, fake_score_loss, gan_discriminator_loss, gan_generator_loss
+from swd.lora import lora_config, model_family, save_lora
+from swd.losses import GANHead, x0_from_velocity
 from swd.models import TextCondition, adapter_for, text_widths
 from swd.models.configs import ARCHS, ArchSpec, transformer_class
-from swd.sampling import add_noise, conditioned, guided, make_generator, sample_scalewise, upsample
-from swd.schedules import ScaleSchedule, flow_sigmas, resolve_schedule
+from swd.objectives import Critics, FakeScore, LossConfig, ObjectiveName, objective_class
+from swd.runtime import autocast_context, ema_update, pick_device, resize_area
+from swd.sampling import add_noise, conditioned, make_generator, sample_scalewise, upsample
+from swd.schedules import ScaleSchedule, resolve_schedule
 from swd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trim_log
-from swd.train.common import autocast_context, load_training_data, pick_device
-from swd.train.latents import PixelSpace, VaeSpace, area_resize, load_vae, pretrained_folder
+from swd.train.common import load_training_data
+from swd.train.latents import PixelSpace, VaeSpace, load_vae, pretrained_folder
 
-OBJECTIVES = ("swd", "mmd-only", "dmd-only", "dmd2-full")
 ARCH_NAMES = ("testbed", *ARCHS)  # testbed = the pixel-space MMDiT of swd.models.testbed
-# SWD_SPEC section 4: attention q/k/v/out (both streams of joint attention) and the feed-forward linears.
-LORA_TARGETS_SD3 = lora_target_modules("sd3")
-
-
-@dataclass
-class LossConfig:
-    dmd_weight: float = 1.0
-    mmd_weight: float = 1.0
-    gan_weight: float = 5e-3  # generator's GAN term
-    disc_weight: float = 1e-2  # discriminator term in the fake-score update
-    # Teacher's CFG inside DMD (empty prompt as unconditional); None: the arch's (4.5 L, 7.0 M, 4.5 testbed).
-    teacher_cfg: Optional[float] = None
-    dmd_sigma_idx: tuple[int, int] = (12, 27)  # grid indices DMD draws its noise level from (sigma <= .79)
-    mmd_sigma_idx: tuple[int, int] = (18, 27)  # and MMD / GAN (sigma <= .60)
-    fake_sigma_idx: tuple[int, int] = (0, 27)  # and the fake-score regression (whole grid)
-    fake_weighting: str = "x0"  # x0 (authors' release) | velocity (the teacher's own loss weighting)
-    mmd_kernel: str = "linear"  # linear | rbf
-    mmd_bandwidth: float = 100.0  # rbf kernel width, in feature units (SD3.5 features; tiny models need less)
-    mmd_form: str = "pseudo_huber"  # pseudo_huber | mse (linear kernel)
-    mmd_per_image: bool = True  # False pools token means over the batch (the worse ablation)
-    # Block whose image tokens feed MMD and the GAN head; None: by depth (L 20/38, M 11/24, testbed depth // 2).
-    feature_block: Optional[int] = None
-    feature_source: str = "auto"  # auto (fake model when there is one, else teacher) | teacher | fake
 
 
 @dataclass
@@ -128,27 +112,13 @@ class DistillConfig:
     run_dir: str = "runs/distill"
     teacher: str = ""  # folder of the teacher's diffusers transformer, or a pipeline folder with transformer/
     schedule: str = ""  # preset name or YAML/JSON file; empty: the arch's default (testbed-4, sd35-large-4, ...)
-    objective: str = "swd"
+    objective: ObjectiveName = "swd"  # a name of swd.objectives.OBJECTIVES
     model: DistillModelConfig = field(default_factory=DistillModelConfig)
     data: DistillDataConfig = field(default_factory=DistillDataConfig)
     losses: LossConfig = field(default_factory=LossConfig)
     generator: ModelTrainConfig = field(default_factory=ModelTrainConfig)
     fake: ModelTrainConfig = field(default_factory=ModelTrainConfig)
     train: DistillTrainConfig = field(default_factory=DistillTrainConfig)
-
-
-def objective_weights(cfg: DistillConfig) -> dict[str, float]:
-    """Loss weights the objective switches on (the config's weights, or zero)."""
-    lc = cfg.losses
-    table = {
-        "swd": {"dmd": lc.dmd_weight, "mmd": lc.mmd_weight, "gan": lc.gan_weight},
-        "mmd-only": {"dmd": 0.0, "mmd": lc.mmd_weight, "gan": 0.0},
-        "dmd-only": {"dmd": lc.dmd_weight, "mmd": 0.0, "gan": lc.gan_weight},
-        "dmd2-full": {"dmd": lc.dmd_weight, "mmd": 0.0, "gan": lc.gan_weight},
-    }
-    if cfg.objective not in table:
-        raise SwdError(f"objective: unknown {cfg.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    return table[cfg.objective]
 
 
 def arch_spec(cfg: DistillConfig) -> Optional[ArchSpec]:
@@ -171,7 +141,7 @@ def schedule_name(cfg: DistillConfig) -> str:
 
 def training_schedule(cfg: DistillConfig) -> ScaleSchedule:
     schedule = resolve_schedule(schedule_name(cfg))
-    return schedule.at_full_resolution() if cfg.objective == "dmd2-full" else schedule
+    return schedule.at_full_resolution() if objective_class(cfg.objective).full_resolution else schedule
 
 
 def resolve_config(cfg: DistillConfig, num_blocks: Optional[int] = None) -> DistillConfig:
@@ -225,23 +195,17 @@ def make_scale_batch(images: torch.Tensor, cond: TextCondition, schedule: ScaleS
     """
     space = space or PixelSpace()
     size = schedule.scales[i]
-    target = space.encode(area_resize(images, space.pixel_size(size)))
+    target = space.encode(resize_area(images, space.pixel_size(size)))
     sigma_i = schedule.sigmas[i]
     eps = torch.randn(target.shape, generator=gen).to(target.device)
     if i == 0:
         # The first step starts from the sampler's starting point: noise at sigma_0 (pure if 1).
         x_in = add_noise(torch.zeros_like(target), sigma_i, eps) if sigma_i < 1 else eps
     else:
-        lower = space.encode(area_resize(images, space.pixel_size(schedule.scales[i - 1])))
+        lower = space.encode(resize_area(images, space.pixel_size(schedule.scales[i - 1])))
         x_in = add_noise(upsample(lower, size, "bicubic"), sigma_i, eps)
     b = images.shape[0]
     return ScaleBatch(x_in.to(device), torch.full((b,), sigma_i, device=device), target.to(device), cond.to(device))
-
-
-def grid_sigmas(grid: torch.Tensor, idx_range, batch: int, gen: torch.Generator, device) -> torch.Tensor:
-    lo, hi = idx_range
-    idx = torch.randint(lo, hi + 1, (batch,), generator=gen)
-    return grid[idx].to(device)
 
 
 def hidden_width(transformer, block: Optional[int] = None) -> int:
@@ -252,17 +216,6 @@ def hidden_width(transformer, block: Optional[int] = None) -> int:
             raise SwdError("losses.feature_block: a UNet's feature width depends on the block; give one")
         return adapter_for(transformer).feature_width(block)
     return transformer.config.num_attention_heads * transformer.config.attention_head_dim
-
-
-class FakeScore(torch.nn.Module):
-    """The fake-score model (a teacher copy, trained on generator samples) and the GAN head."""
-
-    def __init__(self, transformer, head: GANHead, **adapter_kwargs):
-        super().__init__()
-        self.transformer = transformer
-        self.head = head
-        # Kept out of the module tree: it wraps the same transformer, registered above.
-        self.__dict__["adapter"] = adapter_for(transformer, **adapter_kwargs)
 
 
 def add_lora(transformer, mc: ModelTrainConfig, name: str, family: str = "sd3"):
@@ -317,8 +270,7 @@ def build_models(cfg: DistillConfig, teacher: torch.nn.Module,
 
 def _build_models(cfg: DistillConfig, teacher: torch.nn.Module, frozen_dtype: Optional[torch.dtype]) -> DistillModels:
     family = model_family(teacher)
-    weights = objective_weights(cfg)
-    needs_fake = weights["dmd"] > 0 or weights["gan"] > 0
+    needs_fake = objective_class(cfg.objective).needs_fake(cfg.losses)
     generator = copy.deepcopy(teacher).float() if cfg.generator.lora_rank <= 0 else None
     fake_model = copy.deepcopy(teacher).float() if needs_fake and cfg.fake.lora_rank <= 0 else None
     teacher.eval().requires_grad_(False)
@@ -454,6 +406,82 @@ def check_data(data, space, schedule: ScaleSchedule, teacher) -> None:
                        f"encode them with this model's pipeline")
 
 
+@dataclass
+class Trainee:
+    """A model's trainable parameters and their AdamW: the update the loop takes on a loss."""
+
+    params: list[torch.nn.Parameter]
+    optimizer: Optional[torch.optim.Optimizer]
+    grad_clip: float
+    world: int  # processes whose gradients are averaged
+
+    def step(self, loss: torch.Tensor) -> torch.Tensor:
+        """Backward, average across processes, clip, step; returns the gradient norm before clipping."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(self.params, self.world)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.optimizer.step()
+        return grad_norm
+
+
+@contextlib.contextmanager
+def trainable_now(params: list[torch.nn.Parameter]):
+    """Let gradients reach `params` inside the block only (the fake-score model is frozen while
+    the generator's losses flow through it)."""
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+
+
+@dataclass
+class DistillRun:
+    """Everything a distillation loop needs, built by `prepare_run`."""
+
+    cfg: DistillConfig  # resolved
+    run_dir: Path
+    ckpt_dir: Path
+    device: torch.device
+    rank: int
+    world: int
+    main: bool  # the process that logs, samples, evaluates and writes
+    data: object
+    space: object  # PixelSpace or VaeSpace
+    schedule: ScaleSchedule
+    models: DistillModels
+    gen_adapter: object
+    objective: object  # an swd.objectives.Objective
+    generator: Trainee
+    fake: Trainee  # no parameters for objectives without a fake-score model
+    ema: Optional[torch.nn.Module]
+    modules: dict  # what a checkpoint holds (LoRA models without their shared frozen base)
+    optimizers: dict
+    step: int  # generator updates done (resumed runs start at their checkpoint's)
+    accelerator: object
+
+    def autocast(self):
+        return autocast_context(self.device, self.cfg.train.precision)
+
+    def draw(self, i: int, gen: torch.Generator) -> ScaleBatch:
+        """A fresh training batch at scale i."""
+        idx = torch.randint(len(self.data.train_images), (self.cfg.train.batch_size,), generator=gen)
+        return make_scale_batch(self.data.train_images[idx], self.data.train_condition(idx), self.schedule, i, gen,
+                                self.device, self.space)
+
+    def student_x0(self, batch: ScaleBatch) -> torch.Tensor:
+        """The generator's clean estimate x0_hat at the batch's scale."""
+        return x0_from_velocity(batch.x_in, batch.sigma, self.gen_adapter(batch.x_in, batch.sigma, batch.cond).float())
+
+    @property
+    def student(self) -> torch.nn.Module:
+        """The model that is evaluated and exported: the EMA when there is one."""
+        return self.ema if self.ema is not None else self.models.generator
+
+
 def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: Optional[torch.nn.Module] = None,
                   vae: Optional[torch.nn.Module] = None, real_score: Optional[torch.nn.Module] = None,
                   evaluation=None) -> "DistillResult":
@@ -469,10 +497,69 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
     train.eval_every steps and at the last step (default: the testbed's held-out FD when
     eval_every > 0).
     """
+    r = prepare_run(cfg, resume, data, teacher, vae, real_score, evaluation)
+    tc, schedule, objective, step = r.cfg.train, r.schedule, r.objective, r.step
+    n_fake_updates = tc.fake_updates if r.models.fake is not None else 0
+    report = Reporter(r, evaluation if tc.eval_every > 0 and r.main else None)
+    while step < tc.steps:
+        gen = step_generator(tc.seed, r.rank, step)
+        i = scale_index(step, schedule.steps, tc.scale_order, gen)
+        record = {"step": step + 1, "scale": schedule.scales[i][0]}
+
+        # Fake-score (and discriminator) updates on the generator's current samples.
+        fake_logs = {}
+        with trainable_now(r.fake.params):
+            for _ in range(n_fake_updates):
+                batch = r.draw(i, gen)
+                with torch.no_grad(), r.autocast():
+                    x0_hat = r.student_x0(batch)
+                with r.autocast():
+                    loss, fake_logs = objective.fake_loss(x0_hat, batch.target, batch.cond, gen)
+                check_finite(loss, "fake-score", step, r.ckpt_dir)
+                r.fake.step(loss)
+        record.update({k: v.item() for k, v in fake_logs.items()})
+
+        # Generator update.
+        batch = r.draw(i, gen)
+        with r.autocast():
+            x0_hat = r.student_x0(batch)
+            total, terms = objective.generator_loss(x0_hat, batch.target, batch.cond, gen)
+        check_finite(total, "generator", step, r.ckpt_dir)
+        grad_norm = r.generator.step(total)
+        if r.ema is not None:
+            ema_update(r.ema, r.models.generator, tc.ema_decay)
+        step += 1
+        report.pbar.update(1)
+        record.update({k: v.item() for k, v in terms.items()}, grad_norm=float(grad_norm),
+                      minutes=report.training_minutes())
+
+        # Log, sample, evaluate, checkpoint; stop early when out of time.
+        out_of_time = tc.max_minutes > 0 and report.training_minutes() >= tc.max_minutes
+        if tc.max_minutes > 0 and r.world > 1:  # the main process's clock decides, or ranks could part ways
+            out_of_time = agreed_flag(out_of_time, r.device)
+        last_step = step == tc.steps or out_of_time
+        if r.main and (step % tc.log_every == 0 or last_step):
+            report.log(record)
+        if r.main and (step % tc.sample_every == 0 or last_step):
+            report.sample_grid(step)
+        if report.evaluation is not None and (step % tc.eval_every == 0 or last_step):
+            report.evaluate(step)
+        if r.main and (step % tc.checkpoint_every == 0 or last_step):
+            save_checkpoint(r.ckpt_dir, step, r.modules, r.optimizers, {"config": to_dict(r.cfg)},
+                            keep=tc.keep_checkpoints)
+        if out_of_time:
+            if r.main:
+                print(f"stopping at step {step}: train.max_minutes={tc.max_minutes} reached (resume with --resume)")
+            break
+    report.close()
+    return export_run(r, step)
+
+
+def prepare_run(cfg: DistillConfig, resume: bool, data, teacher, vae, real_score, evaluation) -> DistillRun:
+    """Validate, load, build and (on resume) restore everything the loop uses; write config.yaml."""
     from accelerate import Accelerator
 
     spec = arch_spec(cfg)
-    weights = objective_weights(cfg)
     tc = cfg.train
     run, ckpt_dir = Path(cfg.run_dir), Path(cfg.run_dir) / "checkpoints"
     device_pref = pick_device(tc.device)
@@ -508,17 +595,8 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
         raise SwdError(f"model.vae: {space.channels} latent channels, but the teacher takes "
                        f"{teacher_adapter.latent_channels}")
     check_data(data, space, schedule, teacher)
-    feature_block = lc.feature_block
-    teacher_adapter.block(feature_block)  # validates the index against the model
-    if tc.eval_every < 0 or tc.eval_n < 4:
-        raise SwdError(f"train.eval_every / eval_n: need eval_every >= 0 and eval_n >= 4 (precision and recall "
-                       f"use 3 neighbours), got {tc.eval_every}, {tc.eval_n}")
-    from swd.eval.evaluate import PROMPT_DATA
-
-    eval_prompts = next((name for name, data in PROMPT_DATA.items() if data == cfg.data.name), None)
-    if tc.eval_every > 0 and evaluation is None and (spec is not None or eval_prompts is None):
-        raise SwdError(f"train.eval_every: in-training evaluation scores the pixel-space testbed on its held-out "
-                       f"prompts (data emoji or shapes), not arch {cfg.model.arch} with data {cfg.data.name}; set it to 0")
+    teacher_adapter.block(lc.feature_block)  # validates the index against the model
+    check_evaluation(cfg, spec, evaluation)
     if main:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.yaml").write_text(dump_config(cfg))
@@ -528,8 +606,9 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
         raise SwdError("losses.feature_source: 'fake' needs a fake-score model (objective mmd-only has none)")
     if source not in ("fake", "teacher"):
         raise SwdError(f"losses.feature_source: must be auto, teacher or fake, got {source!r}")
-    mmd = build_mmd_loss(lc.mmd_kernel, **({"form": lc.mmd_form, "per_image": lc.mmd_per_image}
-                                            if lc.mmd_kernel == "linear" else {"bandwidth": lc.mmd_bandwidth}))
+    critics = Critics(real=real_adapter, features=fake.adapter if source == "fake" else teacher_adapter, fake=fake,
+                      uncond=data.empty_condition().to(device), feature_block=lc.feature_block)
+    objective = objective_class(cfg.objective)(lc, critics)
     gen_lora, fake_lora = cfg.generator.lora_rank > 0, cfg.fake.lora_rank > 0
     ema = None
     if tc.ema_decay > 0:
@@ -540,15 +619,15 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
 
     gen_names = [n for n, p in generator_model.named_parameters() if p.requires_grad]
     gen_params = trainable(generator_model)
-    gen_opt = adamw(gen_params, cfg.generator)
     fake_params = trainable(fake) if fake is not None else []
-    fake_opt = adamw(fake_params, cfg.fake) if fake is not None else None
-    ema_params = [dict(ema.named_parameters())[n] for n in gen_names] if ema is not None else []
+    generator = Trainee(gen_params, adamw(gen_params, cfg.generator), tc.grad_clip, world)
+    fake_trainee = Trainee(fake_params, adamw(fake_params, cfg.fake) if fake is not None else None, tc.grad_clip, world)
     # LoRA models are checkpointed without their (shared, frozen) base weights.
     modules = {"generator": checkpoint_view(generator_model, gen_lora),
                **({"fake": checkpoint_view(fake, fake_lora)} if fake is not None else {}),
                **({"ema": TrainableState(ema, gen_names) if gen_lora else ema} if ema is not None else {})}
-    optimizers = {"generator": gen_opt, **({"fake": fake_opt} if fake_opt is not None else {})}
+    optimizers = {"generator": generator.optimizer,
+                  **({"fake": fake_trainee.optimizer} if fake is not None else {})}
 
     step = 0
     if resume:
@@ -560,187 +639,112 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
             trim_log(run / "log.jsonl", step)
         if main:
             print(f"resumed from {last.name}")
-
-    grid = torch.tensor(flow_sigmas()[:-1])
-    uncond = data.empty_condition().to(device)
-    images = data.train_images
-
-    def draw(i: int, gen: torch.Generator) -> ScaleBatch:
-        idx = torch.randint(len(images), (tc.batch_size,), generator=gen)
-        return make_scale_batch(images[idx], data.train_condition(idx), schedule, i, gen, device, space)
-
-    def student_x0(batch: ScaleBatch) -> torch.Tensor:
-        v = gen_adapter(batch.x_in, batch.sigma, batch.cond)
-        return batch.x_in - batch.sigma.view(-1, 1, 1, 1) * v.float()
-
-    def features_of(x: torch.Tensor, sigma, cond) -> torch.Tensor:
-        model = fake.adapter if source == "fake" else teacher_adapter
-        return model.features(x, sigma, cond, feature_block).float()
-
     if main:
-        n_gen = sum(p.numel() for p in gen_params)
+        weights = objective_class(cfg.objective).loss_weights(lc)
         print(f"distill: {cfg.model.arch} ({models.family}), objective {cfg.objective} {weights}; "
-              f"schedule {schedule.name} {[s[0] for s in schedule.scales]}; feature block {feature_block} of "
-              f"{teacher_adapter.num_blocks}; {n_gen / 1e6:.2f}M trainable generator params; "
-              f"{world} process(es) on {device}")
-    log = open(run / "log.jsonl", "a") if main else None
-    board = tensorboard_writer(run / "tensorboard") if main else None
-    if not main or tc.eval_every <= 0:
-        evaluation = None
-    elif evaluation is None:
-        from swd.eval.evaluate import TrainingEvaluation
+              f"schedule {schedule.name} {[s[0] for s in schedule.scales]}; feature block {lc.feature_block} of "
+              f"{teacher_adapter.num_blocks}; {sum(p.numel() for p in gen_params) / 1e6:.2f}M trainable generator "
+              f"params; {world} process(es) on {device}")
+    return DistillRun(cfg, run, ckpt_dir, device, rank, world, main, data, space, schedule, models, gen_adapter,
+                      objective, generator, fake_trainee, ema, modules, optimizers, step, accelerator)
 
-        evaluation = TrainingEvaluation(eval_prompts, tc.eval_n, seed=tc.seed, text_tokens=cfg.data.text_tokens,
-                                        data_path=cfg.data.path or None)
 
-    eval_seconds = 0.0
+def check_evaluation(cfg: DistillConfig, spec: Optional[ArchSpec], evaluation) -> None:
+    tc = cfg.train
+    if tc.eval_every < 0 or tc.eval_n < 4:
+        raise SwdError(f"train.eval_every / eval_n: need eval_every >= 0 and eval_n >= 4 (precision and recall "
+                       f"use 3 neighbours), got {tc.eval_every}, {tc.eval_n}")
+    if tc.eval_every > 0 and evaluation is None and (spec is not None or eval_prompts(cfg) is None):
+        raise SwdError(f"train.eval_every: in-training evaluation scores the pixel-space testbed on its held-out "
+                       f"prompts (data emoji or shapes), not arch {cfg.model.arch} with data {cfg.data.name}; set it to 0")
 
-    def evaluate(at_step: int) -> None:
+
+def eval_prompts(cfg: DistillConfig) -> Optional[str]:
+    """The held-out prompt set of the run's data (testbed sets only)."""
+    from swd.eval.evaluate import PROMPT_DATA
+
+    return next((name for name, data in PROMPT_DATA.items() if data == cfg.data.name), None)
+
+
+class Reporter:
+    """What the main process writes while a run trains: log.jsonl, TensorBoard scalars, the
+    progress bar, sample grids and in-training evaluations (timed apart from training)."""
+
+    def __init__(self, r: DistillRun, evaluation):
+        tc = r.cfg.train
+        self.r = r
+        self.log_file = open(r.run_dir / "log.jsonl", "a") if r.main else None
+        self.board = tensorboard_writer(r.run_dir / "tensorboard") if r.main else None
+        if evaluation is None and r.main and tc.eval_every > 0:
+            from swd.eval.evaluate import TrainingEvaluation
+
+            evaluation = TrainingEvaluation(eval_prompts(r.cfg), tc.eval_n, seed=tc.seed,
+                                            text_tokens=r.cfg.data.text_tokens, data_path=r.cfg.data.path or None)
+        self.evaluation = evaluation if r.main and tc.eval_every > 0 else None
+        self.eval_seconds = 0.0
+        self.started = time.time()
+        self.pbar = tqdm(total=tc.steps, initial=r.step, desc=f"distill {r.cfg.objective}", disable=not r.main,
+                         dynamic_ncols=True)
+        if self.evaluation is not None and r.step == 0:
+            self.evaluate(0)
+
+    def training_minutes(self) -> float:
+        return (time.time() - self.started - self.eval_seconds) / 60
+
+    def log(self, record: dict) -> None:
+        self.log_file.write(json.dumps(record) + "\n")
+        if self.board is not None:  # one scalar per loss and per scale: losses differ by scale
+            for key, value in record.items():
+                if key not in ("step", "scale"):
+                    self.board.add_scalar(f"{key}/scale_{record['scale']}", value, record["step"])
+        self.log_file.flush()
+        self.pbar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in ("dmd", "mmd", "gan", "fake")},
+                              scale=record["scale"])
+
+    def sample_grid(self, step: int) -> None:
+        r = self.r
+        images = student_samples(r.gen_adapter, r.data, r.schedule, r.device, r.cfg.train.precision, r.space)
+        save_grid(images, r.run_dir / "samples" / f"step_{step:08d}.png", labels=r.data.heldout_captions[: len(images)])
+
+    def evaluate(self, at_step: int) -> None:
         """Score the model that gets exported (EMA if any) and log it. Sampling uses its own RNG and
         evaluation time is left out of train.max_minutes, so a run with evaluation trains exactly
         as one without."""
-        nonlocal eval_seconds
+        r = self.r
         began = time.time()
-        metrics = evaluation(ema if ema is not None else generator_model, schedule, device, tc.precision)
-        eval_seconds += time.time() - began
-        log.write(json.dumps({"step": at_step, "eval": metrics}) + "\n")
-        log.flush()
-        if board is not None:
+        metrics = self.evaluation(r.student, r.schedule, r.device, r.cfg.train.precision)
+        self.eval_seconds += time.time() - began
+        self.log_file.write(json.dumps({"step": at_step, "eval": metrics}) + "\n")
+        self.log_file.flush()
+        if self.board is not None:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)):
-                    board.add_scalar(f"eval/{key}", value, at_step)
+                    self.board.add_scalar(f"eval/{key}", value, at_step)
         shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-        pbar.write(f"step {at_step}: {shown}")
+        self.pbar.write(f"step {at_step}: {shown}")
 
-    def training_minutes() -> float:
-        return (time.time() - started - eval_seconds) / 60
+    def close(self) -> None:
+        self.pbar.close()
+        if self.log_file is not None:
+            self.log_file.close()
+        if self.board is not None:
+            self.board.close()
 
-    started = time.time()
-    pbar = tqdm(total=tc.steps, initial=step, desc=f"distill {cfg.objective}", disable=not main, dynamic_ncols=True)
-    if evaluation is not None and step == 0:
-        evaluate(0)
-    while step < tc.steps:
-        gen = step_generator(tc.seed, rank, step)
-        i = scale_index(step, schedule.steps, tc.scale_order, gen)
-        record = {"step": step + 1, "scale": schedule.scales[i][0]}
 
-        # Fake-score (and discriminator) updates on the generator's current samples.
-        if fake is not None:
-            fake.requires_grad_(False)
-            for p in fake_params:
-                p.requires_grad_(True)
-            for _ in range(tc.fake_updates):
-                batch = draw(i, gen)
-                with torch.no_grad(), autocast_context(device, tc.precision):
-                    x0_hat = student_x0(batch)
-                sigma_f = grid_sigmas(grid, lc.fake_sigma_idx, tc.batch_size, gen, device)
-                eps = torch.randn(x0_hat.shape, generator=gen).to(device)
-                with autocast_context(device, tc.precision):
-                    x_f = add_noise(x0_hat, sigma_f, eps)
-                    v_f = fake.adapter(x_f, sigma_f, batch.cond)
-                    loss_fake = fake_score_loss(x_f - sigma_f.view(-1, 1, 1, 1) * v_f.float(), x0_hat, sigma_f,
-                                                lc.fake_weighting)
-                    loss_disc = torch.zeros((), device=device)
-                    if weights["gan"] > 0:
-                        sigma_g = grid_sigmas(grid, lc.mmd_sigma_idx, tc.batch_size, gen, device)
-                        eps_g = torch.randn(x0_hat.shape, generator=gen).to(device)
-                        logits_fake = fake.head(fake.adapter.features(add_noise(x0_hat, sigma_g, eps_g), sigma_g, batch.cond, feature_block).float())
-                        logits_real = fake.head(fake.adapter.features(add_noise(batch.target, sigma_g, eps_g), sigma_g, batch.cond, feature_block).float())
-                        loss_disc = gan_discriminator_loss(logits_fake, logits_real)
-                    loss = loss_fake + lc.disc_weight * loss_disc
-                    loss_disc = loss_disc.detach()
-                check_finite(loss, "fake-score", step, ckpt_dir)
-                fake_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                average_gradients(fake_params, world)
-                torch.nn.utils.clip_grad_norm_(fake_params, tc.grad_clip)
-                fake_opt.step()
-            record.update(fake=loss_fake.item(), disc=loss_disc.item())
-            fake.requires_grad_(False)  # frozen while the generator's losses flow through it
-
-        # Generator update.
-        batch = draw(i, gen)
-        with autocast_context(device, tc.precision):
-            x0_hat = student_x0(batch)
-            losses = {}
-            if weights["dmd"] > 0:
-                sigma_d = grid_sigmas(grid, lc.dmd_sigma_idx, tc.batch_size, gen, device)
-                eps_d = torch.randn(x0_hat.shape, generator=gen).to(device)
-                with torch.no_grad():
-                    x_d = add_noise(x0_hat.detach(), sigma_d, eps_d)
-                    s = sigma_d.view(-1, 1, 1, 1)
-                    x0_real = x_d - s * guided(real_adapter, batch.cond, uncond, lc.teacher_cfg)(x_d, sigma_d).float()
-                    x0_fake = x_d - s * fake.adapter(x_d, sigma_d, batch.cond).float()
-                losses["dmd"] = dmd_loss(x0_hat, x0_real, x0_fake)
-            if weights["mmd"] > 0 or weights["gan"] > 0:
-                # Real target and sample noised with the SAME eps and level.
-                sigma_m = grid_sigmas(grid, lc.mmd_sigma_idx, tc.batch_size, gen, device)
-                eps_m = torch.randn(x0_hat.shape, generator=gen).to(device)
-                feats_fake = features_of(add_noise(x0_hat, sigma_m, eps_m), sigma_m, batch.cond)
-                if weights["mmd"] > 0:
-                    with torch.no_grad():
-                        feats_real = features_of(add_noise(batch.target, sigma_m, eps_m), sigma_m, batch.cond)
-                    losses["mmd"] = mmd(feats_real, feats_fake)
-                if weights["gan"] > 0:
-                    gan_feats = feats_fake if source == "fake" else fake.adapter.features(
-                        add_noise(x0_hat, sigma_m, eps_m), sigma_m, batch.cond, feature_block).float()
-                    losses["gan"] = gan_generator_loss(fake.head(gan_feats))
-            total = sum(weights[k] * v for k, v in losses.items())
-        check_finite(total, "generator", step, ckpt_dir)
-        gen_opt.zero_grad(set_to_none=True)
-        total.backward()
-        average_gradients(gen_params, world)
-        grad_norm = torch.nn.utils.clip_grad_norm_(gen_params, tc.grad_clip)
-        gen_opt.step()
-        if ema is not None:
-            with torch.no_grad():
-                for e, p in zip(ema_params, gen_params):
-                    e.lerp_(p.detach(), 1.0 - tc.ema_decay)
-        step += 1
-        pbar.update(1)
-        record.update({k: v.item() for k, v in losses.items()}, grad_norm=float(grad_norm),
-                      minutes=training_minutes())
-
-        out_of_time = tc.max_minutes > 0 and training_minutes() >= tc.max_minutes
-        if tc.max_minutes > 0 and world > 1:  # the main process's clock decides, or ranks could part ways
-            out_of_time = agreed_flag(out_of_time, device)
-        last_step = step == tc.steps or out_of_time
-        if main and (step % tc.log_every == 0 or last_step):
-            log.write(json.dumps(record) + "\n")
-            if board is not None:  # one scalar per loss and per scale: losses differ by scale
-                for key, value in record.items():
-                    if key not in ("step", "scale"):
-                        board.add_scalar(f"{key}/scale_{record['scale']}", value, record["step"])
-            log.flush()
-            pbar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in ("dmd", "mmd", "gan", "fake")}, scale=record["scale"])
-        if main and (step % tc.sample_every == 0 or last_step):
-            grid_imgs = student_samples(gen_adapter, data, schedule, device, tc.precision, space)
-            save_grid(grid_imgs, run / "samples" / f"step_{step:08d}.png", labels=data.heldout_captions[: len(grid_imgs)])
-        if evaluation is not None and (step % tc.eval_every == 0 or last_step):
-            evaluate(step)
-        if main and (step % tc.checkpoint_every == 0 or last_step):
-            save_checkpoint(ckpt_dir, step, modules, optimizers, {"config": to_dict(cfg)}, keep=tc.keep_checkpoints)
-        if out_of_time:
-            if main:
-                print(f"stopping at step {step}: train.max_minutes={tc.max_minutes} reached (resume with --resume)")
-            break
-    pbar.close()
-    if log is not None:
-        log.close()
-    if board is not None:
-        board.close()
-    student = ema if ema is not None else generator_model
-    export, lora_dir = run / "student", run / "student-lora"
-    if main:
+def export_run(r: DistillRun, step: int) -> "DistillResult":
+    """Write the student (merged, and as LoRA files for LoRA generators) from the main process."""
+    tc, gen_lora = r.cfg.train, r.cfg.generator.lora_rank > 0
+    export, lora_dir = r.run_dir / "student", r.run_dir / "student-lora"
+    if r.main:
         if gen_lora:
-            export_lora(student, lora_dir, schedule, "student")
+            export_lora(r.student, lora_dir, r.schedule, "student")
             print(f"student LoRA written to {lora_dir}")
         if tc.export_merged or not gen_lora:
-            export_student(student, export, schedule)
+            export_student(r.student, export, r.schedule)
             print(f"student written to {export}")
-    accelerator.wait_for_everyone()
-    return DistillResult(export if tc.export_merged or not gen_lora else lora_dir, generator_model, step,
-                         lora_dir if gen_lora else None, fake)
+    r.accelerator.wait_for_everyone()
+    return DistillResult(export if tc.export_merged or not gen_lora else lora_dir, r.models.generator, step,
+                         lora_dir if gen_lora else None, r.models.fake)
 
 
 @dataclass

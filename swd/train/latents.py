@@ -13,7 +13,6 @@ VAE's downsampling factor, `2 ** (len(vae.config.block_out_channels) - 1)` (8 fo
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from swd.errors import SwdError
 
@@ -80,13 +79,6 @@ class VaeSpace:
             z = part.to(self.device, self.dtype) / self.scaling + self.shift
             out.append(self.vae.decode(z, return_dict=False)[0].float())
         return torch.cat(out)
-
-
-def area_resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Area (box-filter) downscaling to (h, w); a no-op at the same size."""
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    return F.interpolate(images, size=tuple(size), mode="area")
 
 
 def pretrained_folder(path: str, sub: str, what: str, class_name: str):

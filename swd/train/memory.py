@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 
 from swd.models import adapter_for
-from swd.train.distill import (DistillConfig, arch_spec, build_models, objective_weights, resolve_config,
-                               training_schedule)
+from swd.objectives import objective_class
+from swd.train.distill import DistillConfig, arch_spec, build_models, resolve_config, training_schedule
 
 GIB = 1024 ** 3
 BLOCK_ACTIVATION_BYTES = 34  # per token and channel, one block, no recomputation (bf16)
@@ -89,7 +89,7 @@ def count_params(models) -> ParamReport:
 
 def estimate_memory(cfg: DistillConfig, models, params: ParamReport, text_tokens: int) -> MemoryEstimate:
     """Per-GPU bytes of one training step (cfg resolved; formulas in the module docstring)."""
-    weights = objective_weights(cfg)
+    weights = objective_class(cfg.objective).loss_weights(cfg.losses)
     schedule = training_schedule(cfg)
     adapter = adapter_for(models.teacher)
     h, w = schedule.final_size

@@ -364,15 +364,15 @@ def check_distill_config(cfg, resume: bool | None = None) -> None:
     """Every field of a DistillConfig in range, the schedule resolvable, the run folder usable."""
     from swd.losses import FAKE_WEIGHTINGS
     from swd.train.common import TRAINING_SETS
-    from swd.train.distill import ARCH_NAMES, OBJECTIVES, objective_weights, training_schedule
+    from swd.objectives import OBJECTIVES
+    from swd.train.distill import ARCH_NAMES, training_schedule
 
-    check_choice(cfg.objective, "objective", OBJECTIVES)
+    check_choice(cfg.objective, "objective", tuple(OBJECTIVES))
     check_choice(cfg.model.arch, "model.arch", ARCH_NAMES)
     check_float(cfg.model.flux_guidance, "model.flux_guidance", 0.0)
-    weights = objective_weights(cfg)
     tc, lc = cfg.train, cfg.losses
     _check_common_train(tc)
-    has_fake = weights["dmd"] > 0 or weights["gan"] > 0
+    has_fake = OBJECTIVES[cfg.objective].needs_fake(lc)
     check_int(tc.fake_updates, "train.fake_updates", 1 if has_fake else 0)
     check_choice(tc.scale_order, "train.scale_order", ("round_robin", "random"))
     check_float(tc.ema_decay, "train.ema_decay", 0.0, 1.0, hi_open=True)

@@ -9,7 +9,8 @@ from swd.errors import SwdError
 from swd.models.testbed import MMDiTConfig, build_testbed_transformer
 from swd.sampling import upsample
 from swd.schedules import ScaleSchedule
-from swd.train.distill import DistillConfig, make_scale_batch, objective_weights, train_distill
+from swd.objectives import objective_class
+from swd.train.distill import DistillConfig, make_scale_batch, train_distill
 
 from tests.train.test_teacher import synthetic_data
 
@@ -56,10 +57,11 @@ def test_objectives_switch_losses():
     for objective, on in [("swd", {"dmd", "mmd", "gan"}), ("mmd-only", {"mmd"}), ("dmd-only", {"dmd", "gan"}),
                           ("dmd2-full", {"dmd", "gan"})]:
         cfg.objective = objective
-        assert {k for k, w in objective_weights(cfg).items() if w > 0} == on
-    cfg.objective = "gan-only"
+        assert {k for k, w in objective_class(cfg.objective).loss_weights(cfg.losses).items() if w > 0} == on
     with pytest.raises(SwdError, match="objective"):
-        objective_weights(cfg)
+        objective_class("gan-only")
+    with pytest.raises(SwdError, match="objective"):  # and a config naming it is refused when it loads
+        from_dict(DistillConfig, {"objective": "gan-only"})
 
 
 @pytest.mark.parametrize("objective", ["swd", "mmd-only", "dmd2-full"])
@@ -109,9 +111,9 @@ def test_lora_generator_trains_only_adapters(tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
-    import swd.train.distill as distill
+    import swd.objectives as objectives
 
-    monkeypatch.setattr(distill, "build_mmd_loss", lambda *a, **k: (lambda real, fake: fake.sum() * float("nan")))
+    monkeypatch.setattr(objectives, "build_mmd_loss", lambda *a, **k: (lambda real, fake: fake.sum() * float("nan")))
     with pytest.raises(SwdError, match="diverged"):
         train_distill(config(tmp_path, "nan", "mmd-only", steps=3), data=synthetic_data(), teacher=tiny_teacher())
 

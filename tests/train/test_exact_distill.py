@@ -64,7 +64,7 @@ def test_dmd_with_flipped_sign_fails_the_same_check(testbed, init_network, undis
     def dmd_loss_flipped(x0_hat, x0_real, x0_fake, eps=1e-5):
         return -dmd_loss(x0_hat, x0_real, x0_fake, eps)  # gradient -g: towards the fake score, the wrong way
 
-    monkeypatch.setattr("swd.train.distill.dmd_loss", dmd_loss_flipped)
+    monkeypatch.setattr("swd.objectives.dmd_loss", dmd_loss_flipped)
     student = distill_exact(testbed, init_network, "dmd-only", tmp_path, DMD_STEPS, overrides=DMD_SETTINGS).generator
     fd = _fd(testbed, student)
     print(f"dmd-only, sign flipped: exact FD {fd:.3f} vs undistilled {undistilled:.3f}")
