@@ -60,7 +60,42 @@ def resolve(source, filename: Optional[str] = None, what: str = "model", revisio
     return _download(repo, inner_file, what, revision)
 
 
-def _download(repo: str, filename: Optional[str], what: str, revision: Optional[str]) -> Path:
+# A diffusers model folder's own files (a Hub repo may also hold single-file checkpoints and pickles).
+MODEL_FILES = ("config.json", "diffusion_pytorch_model*.safetensors", "diffusion_pytorch_model*.json", "*.yaml")
+# A pipeline repo: model_index.json and one level of component folders; no pickles, no variants.
+PIPELINE_FILES = ("model_index.json", "*/*")
+PIPELINE_SKIP = ("*.bin", "*.pt", "*.ckpt", "*.msgpack", "*.onnx", "*.onnx_data", "*.h5", "*.fp16.*")
+
+
+def model_folder(source, what: str = "model", sub: Optional[str] = None) -> Path:
+    """A diffusers model folder by local path or Hub id (`owner/name` or `owner/name/subfolder`).
+
+    A path that exists, or a string that is no Hub id, comes back as a Path for the caller's own
+    checks. From the Hub only the model's files are fetched (config.json, safetensors, yaml), also
+    those of `sub/` when the repo is a pipeline (e.g. sub="transformer").
+    """
+    path = Path(os.path.expanduser(str(source)))
+    hub = None if path.exists() else split_hub_id(str(source))
+    if hub is None:
+        return path
+    repo, inner = hub
+    prefix = f"{inner}/" if inner else ""
+    patterns = [prefix + p for p in MODEL_FILES] + ([f"{prefix}{sub}/{p}" for p in MODEL_FILES] if sub else [])
+    root = _download(repo, None, what, None, allow_patterns=patterns)
+    return root / inner if inner else root
+
+
+def pipeline_folder(source, what: str = "pipeline", variant: Optional[str] = None) -> Path:
+    """A diffusers pipeline folder by local path or Hub id; from the Hub its component folders only."""
+    path = Path(os.path.expanduser(str(source)))
+    hub = None if path.exists() else split_hub_id(str(source))
+    if hub is None or hub[1] is not None:
+        return path
+    skip = [p for p in PIPELINE_SKIP if not (variant and p == "*.fp16.*")]
+    return _download(hub[0], None, what, None, allow_patterns=list(PIPELINE_FILES), ignore_patterns=skip)
+
+
+def _download(repo: str, filename: Optional[str], what: str, revision: Optional[str], **patterns) -> Path:
     try:
         import huggingface_hub
         from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError
@@ -72,12 +107,13 @@ def _download(repo: str, filename: Optional[str], what: str, revision: Optional[
     try:
         if filename:
             return Path(huggingface_hub.hf_hub_download(filename=filename, **kwargs))
-        return Path(huggingface_hub.snapshot_download(**kwargs))
+        return Path(huggingface_hub.snapshot_download(**kwargs, **patterns))
     except LocalEntryNotFoundError:
         if offline:
-            raise SwdError(f"{what}: {label} is not in the Hub cache and HF_HUB_OFFLINE is set; "
+            raise SwdError(f"{what}: {label} is no local path and not in the Hub cache, and HF_HUB_OFFLINE is set; "
                            "download it once online or pass a local path") from None
-        raise SwdError(f"{what}: cannot download {label} (no connection?) and it is not in the Hub cache") from None
+        raise SwdError(f"{what}: {label} is no local path, and as a Hub id it cannot be downloaded (no connection?) "
+                       "nor found in the Hub cache") from None
     except (HfHubHTTPError, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SwdError(f"{what}: cannot fetch {label} from the Hub ({type(err).__name__}: {first})") from None
+        raise SwdError(f"{what}: {label} is no local path, and the Hub gives {type(err).__name__}: {first}") from None

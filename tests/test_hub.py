@@ -26,11 +26,13 @@ def cache_repo(cache, repo_id, folder):
     (root / "refs" / "main").write_text(SHA)
     snap = root / "snapshots" / SHA
     snap.mkdir(parents=True)
-    for f in sorted(folder.iterdir()):
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
         data = f.read_bytes()
         blob = root / "blobs" / hashlib.sha256(data).hexdigest()
         blob.write_bytes(data)
-        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+        link = snap / f.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
 
 
 @pytest.fixture
@@ -111,3 +113,50 @@ def test_the_authors_peft_release_by_hub_id_gives_the_folders_images_in_each_pip
     images = module.run(by_id, prompt="a cat")
     torch.testing.assert_close(images, module.run(by_folder, prompt="a cat"), rtol=0, atol=0)
     assert (images - module.run(base, prompt="a cat")).abs().max() > 1e-4
+
+
+def test_sdxl_pipeline_from_pretrained_by_hub_id_offline(tmp_path, offline_cache):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    from swd.pipelines import SwDStableDiffusionXLPipeline
+    from tests.pipelines import sdxl_components, test_sdxl
+
+    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    StableDiffusionXLPipeline(scheduler=scheduler, add_watermarker=False, **sdxl_components()).save_pretrained(tmp_path / "sdxl")
+    cache_repo(offline_cache, "stabilityai/sdxl-tiny", tmp_path / "sdxl")
+    by_id = SwDStableDiffusionXLPipeline.from_pretrained("stabilityai/sdxl-tiny")
+    by_folder = SwDStableDiffusionXLPipeline.from_pretrained(tmp_path / "sdxl")
+    for pipe in (by_id, by_folder):
+        pipe.set_progress_bar_config(disable=True)
+    torch.testing.assert_close(test_sdxl.run(by_id, prompt="a cat"), test_sdxl.run(by_folder, prompt="a cat"), rtol=0, atol=0)
+    with pytest.raises(SwdError, match="HF_HUB_OFFLINE") as err:
+        SwDStableDiffusionXLPipeline.from_pretrained("stabilityai/not-cached")
+    assert "\n" not in str(err.value)
+
+
+def test_teacher_and_model_folders_by_hub_id_offline(tmp_path, offline_cache):
+    """Config teacher paths (`teacher: owner/name`, a model folder or a pipeline's transformer/) and
+    `--model` folders resolve through the cache; an uncached id is one line."""
+    from types import SimpleNamespace
+
+    from swd.train.commands import _check_teacher_folder
+    from swd.train.distill import load_teacher
+    from swd.train.validation import load_model_folder
+    from tests.models.test_unet import tiny_unet
+
+    unet = tiny_unet()
+    unet.save_pretrained(tmp_path / "teacher" / "transformer", safe_serialization=True)
+    cache_repo(offline_cache, "owner/teacher", tmp_path / "teacher")
+    cache_repo(offline_cache, "owner/student", tmp_path / "teacher" / "transformer")
+
+    _check_teacher_folder(SimpleNamespace(teacher="owner/teacher", model=SimpleNamespace(arch="testbed")))
+    loaded = load_teacher("owner/teacher")
+    model, folder = load_model_folder("owner/student")
+    for other in (loaded, model):
+        for (name, a), (_, b) in zip(unet.state_dict().items(), other.state_dict().items()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert folder.is_dir() and "snapshots" in str(folder)
+    with pytest.raises(SwdError, match="HF_HUB_OFFLINE"):
+        load_model_folder("owner/not-cached", "--model")
+    with pytest.raises(SwdError, match="HF_HUB_OFFLINE"):
+        load_teacher("owner/not-cached")

@@ -201,10 +201,17 @@ class ScaleWisePipelineMixin:
     """Sampling and decoding for a pipeline with `transformer`, `vae` and `image_processor`."""
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        # A Hub id goes through swd.hub (HF_HUB_OFFLINE read at call time, one-line errors, component
+        # folders only); diffusers then loads the local folder.
+        from swd.hub import pipeline_folder
+
+        if isinstance(pretrained_model_name_or_path, str) and not kwargs.get("cache_dir"):
+            pretrained_model_name_or_path = str(pipeline_folder(pretrained_model_name_or_path, "pretrained_model_name_or_path",
+                                                                variant=kwargs.get("variant")))
         # Safetensors only: without it diffusers falls back to torch.load of a pickled .bin.
         kwargs.setdefault("use_safetensors", True)
-        return super().from_pretrained(*args, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def _condition(self, prompt_embeds, pooled, num_images_per_prompt: int, device, dtype) -> TextCondition:
         cond = TextCondition(prompt_embeds.to(device, dtype), pooled.to(device, dtype))

@@ -65,17 +65,18 @@ def _cmd_distill(args) -> int:
 
 
 def _check_teacher_folder(cfg) -> None:
-    """The teacher folder (or a pipeline's transformer/) holds safetensors of the arch's class."""
-    from pathlib import Path
-
+    """The teacher folder (or a pipeline's transformer/; either may be a Hub id) holds safetensors of
+    the arch's class."""
     from swd.errors import SwdError
     from swd.models.configs import transformer_class
     from swd.train.distill import arch_spec
 
     if not cfg.teacher:
         raise SwdError("teacher: set it to the teacher's diffusers model folder (or a pipeline folder)")
+    from swd.hub import model_folder
+
     spec = arch_spec(cfg)
-    folder = Path(cfg.teacher)
+    folder = model_folder(cfg.teacher, "teacher", sub="transformer")  # a local path or a Hub id
     if not (folder / "config.json").is_file() and (folder / "transformer").is_dir():
         folder = folder / "transformer"
     if spec is None:  # the testbed: an MMDiT or a UNet teacher, in pixel space

@@ -82,10 +82,11 @@ class VaeSpace:
 
 
 def pretrained_folder(path: str, sub: str, what: str, class_name: str):
-    """A saved model's folder: `path` itself, or its `sub/` folder when `path` is a pipeline folder."""
-    from pathlib import Path
+    """A saved model's folder: `path` itself, or its `sub/` folder when `path` is a pipeline folder;
+    either may be a Hub id (`owner/name`), fetched through huggingface_hub's cache (swd.hub)."""
+    from swd.hub import model_folder
 
-    folder = Path(path) if path else None
+    folder = model_folder(path, what, sub=sub) if path else None
     if folder is not None and (folder / sub / "config.json").is_file():
         folder = folder / sub
     if folder is None or not (folder / "config.json").is_file():

@@ -172,9 +172,12 @@ def check_model_folder(path: str | Path, where: str = "--model", class_name: str
     """A diffusers model folder of an expected class (and pixel channels), with safetensors weights.
 
     Checked before diffusers sees it: its own errors name no flag, and for a folder holding only
-    a pickled .bin it would fall back to torch.load.
+    a pickled .bin it would fall back to torch.load. A Hub id (`owner/name`, not a local path) is
+    fetched through huggingface_hub's cache first (swd.hub; HF_HUB_OFFLINE honoured).
     """
-    folder = Path(path)
+    from swd.hub import model_folder
+
+    folder = model_folder(path, where)
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise SwdError(f"{where}: {folder} is not a {what} (no config.json)")
