@@ -29,9 +29,10 @@ import torch
 
 from swd.errors import SwdError
 from swd.losses import (GANHead, build_mmd_loss, dmd_loss, fake_score_loss, gan_discriminator_loss,
-                        gan_generator_loss, sample_grid_sigmas, x0_from_velocity)
+                        gan_generator_loss, sample_grid_sigmas)
 from swd.models import TextCondition, adapter_for
-from swd.sampling import add_noise, guided
+from swd.processes import FLOW
+from swd.sampling import guided
 from swd.schedules import flow_sigmas
 
 ObjectiveName = Literal["swd", "mmd-only", "dmd-only", "dmd2-full"]
@@ -106,6 +107,9 @@ class Objective:
     def __init__(self, losses: LossConfig, critics: Critics):
         self.lc = losses
         self.critics = critics
+        # The models' forward process: noising and x0 (flow; DDPM for noise-prediction UNets, whose
+        # sigma is the timestep over 1000, so the grid's levels are timesteps there).
+        self.process = getattr(critics.features, "process", FLOW)
         self.weights = {t: w for t, w in self.loss_weights(losses).items() if w > 0}
         # The base grid (28-step SD3.5 shift-3 sigmas, the trailing 0 left out) noise levels come from.
         self.grid = torch.tensor(flow_sigmas()[:-1])
@@ -133,15 +137,15 @@ class Objective:
         """
         fake = self.critics.fake
         sigma = self.noise_level(self.lc.fake_sigma_idx, x0_hat, gen)
-        x = add_noise(x0_hat, sigma, self.noise(x0_hat, gen))
-        x0_fake = x0_from_velocity(x, sigma, fake.adapter(x, sigma, cond).float())
+        x = self.process.add_noise(x0_hat, sigma, self.noise(x0_hat, gen))
+        x0_fake = self.process.x0(x, sigma, fake.adapter(x, sigma, cond).float())
         regression = fake_score_loss(x0_fake, x0_hat, sigma, self.lc.fake_weighting)
         disc = torch.zeros((), device=x0_hat.device)
         if "gan" in self.weights:
             sigma_g = self.noise_level(self.lc.mmd_sigma_idx, x0_hat, gen)
             eps = self.noise(x0_hat, gen)
-            logits_fake = fake.head(self.block_features(fake.adapter, add_noise(x0_hat, sigma_g, eps), sigma_g, cond))
-            logits_real = fake.head(self.block_features(fake.adapter, add_noise(target, sigma_g, eps), sigma_g, cond))
+            logits_fake = fake.head(self.block_features(fake.adapter, self.process.add_noise(x0_hat, sigma_g, eps), sigma_g, cond))
+            logits_real = fake.head(self.block_features(fake.adapter, self.process.add_noise(target, sigma_g, eps), sigma_g, cond))
             disc = gan_discriminator_loss(logits_fake, logits_real)
         return regression + self.lc.disc_weight * disc, {"fake": regression.detach(), "disc": disc.detach()}
 
@@ -158,18 +162,18 @@ class Objective:
             # Real target and sample noised with the SAME eps and level.
             sigma = self.noise_level(self.lc.mmd_sigma_idx, x0_hat, gen)
             eps = self.noise(x0_hat, gen)
-            x_fake = add_noise(x0_hat, sigma, eps)
+            x_fake = self.process.add_noise(x0_hat, sigma, eps)
             feats_fake = self.block_features(self.critics.features, x_fake, sigma, cond)
             if "mmd" in self.weights:
                 with torch.no_grad():
-                    feats_real = self.block_features(self.critics.features, add_noise(target, sigma, eps), sigma, cond)
+                    feats_real = self.block_features(self.critics.features, self.process.add_noise(target, sigma, eps), sigma, cond)
                 terms["mmd"] = self.mmd(feats_real, feats_fake)
             if "gan" in self.weights:
                 fake = self.critics.fake
                 if self.critics.features is fake.adapter:  # the MMD features are the GAN head's input
                     gan_feats = feats_fake
                 else:  # noised afresh (same values): its gradient reaches x0_hat on its own path, as before
-                    gan_feats = self.block_features(fake.adapter, add_noise(x0_hat, sigma, eps), sigma, cond)
+                    gan_feats = self.block_features(fake.adapter, self.process.add_noise(x0_hat, sigma, eps), sigma, cond)
                 terms["gan"] = gan_generator_loss(fake.head(gan_feats))
         total = sum(self.weights[k] * v for k, v in terms.items())
         return total, terms
@@ -179,10 +183,10 @@ class Objective:
         sigma = self.noise_level(self.lc.dmd_sigma_idx, x0_hat, gen)
         eps = self.noise(x0_hat, gen)
         with torch.no_grad():
-            x = add_noise(x0_hat.detach(), sigma, eps)
+            x = self.process.add_noise(x0_hat.detach(), sigma, eps)
             v_real = guided(self.critics.real, cond, self.critics.uncond, self.lc.teacher_cfg)(x, sigma)
-            x0_real = x0_from_velocity(x, sigma, v_real.float())
-            x0_fake = x0_from_velocity(x, sigma, self.critics.fake.adapter(x, sigma, cond).float())
+            x0_real = self.process.x0(x, sigma, v_real.float())
+            x0_fake = self.process.x0(x, sigma, self.critics.fake.adapter(x, sigma, cond).float())
         return dmd_loss(x0_hat, x0_real, x0_fake)
 
 

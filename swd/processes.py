@@ -33,7 +33,7 @@ class FlowProcess:
         """x0 = x - sigma v (sigma a number or (B,))."""
         if isinstance(sigma, (int, float)):
             return x - sigma * prediction  # a Python number stays one (no rounding to x's dtype)
-        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+        sigma = torch.as_tensor(sigma, device=x.device)  # a tensor keeps its dtype (float32 sigmas)
         if sigma.ndim == 1:
             sigma = sigma.view(-1, *([1] * (x.ndim - 1)))
         return x - sigma * prediction

@@ -224,7 +224,7 @@ def sample_images(
                                    steps=teacher_steps, generator=generator, device=device)
             else:
                 x = sample_scalewise(conditioned(adapter, cond), schedule, b, adapter.latent_channels,
-                                     generator=generator, device=device)
+                                     generator=generator, device=device, process=getattr(adapter, "process", None))
         x = x.float().clamp(-1, 1).cpu()  # .cpu() waits for the device: the timing is honest
         elapsed += time.perf_counter() - began
         out.append(x)

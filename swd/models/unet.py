@@ -32,6 +32,13 @@ def sdxl_time_ids(height: int, width: int, batch: int, device=None, dtype=torch.
     return row.expand(batch, TIME_IDS)
 
 
+def default_prediction(unet) -> str:
+    """What a UNet predicts when nobody says: SDXL-layout UNets (added 'text_time' conditions)
+    predict epsilon, as SDXL base does; the testbed's UNets are rectified-flow models. A
+    v-prediction SDXL needs prediction= (the pipeline reads its scheduler's config)."""
+    return "epsilon" if unet.config.addition_embed_type == "text_time" else "flow"
+
+
 class _UNetCapture(FeatureCapture):
     """A down block returns (hidden_states, skip states): its features are the first item."""
 
@@ -48,9 +55,10 @@ class UNetAdapter(nn.Module):
     2 ** (levels - 1) works, so that factor plays the role of the patch size.
     """
 
-    def __init__(self, unet: nn.Module, prediction: str = "flow", process: DDPMProcess | None = None,
+    def __init__(self, unet: nn.Module, prediction: str | None = None, process: DDPMProcess | None = None,
                  vae_scale_factor: int = 8):
         super().__init__()
+        prediction = default_prediction(unet) if prediction is None else prediction
         if prediction not in PREDICTIONS:
             raise SwdError(f"prediction: {prediction!r} is not supported for UNets; supported: "
                            f"{', '.join(PREDICTIONS)}")

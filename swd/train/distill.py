@@ -46,12 +46,13 @@ from swd.config import dump_config, to_dict
 from swd.errors import SwdError
 from swd.images import save_grid
 from swd.lora import lora_config, model_family, save_lora
-from swd.losses import GANHead, x0_from_velocity
+from swd.losses import GANHead
 from swd.models import TextCondition, adapter_for, text_widths
 from swd.models.configs import ARCHS, ArchSpec, transformer_class
 from swd.objectives import Critics, FakeScore, LossConfig, ObjectiveName, objective_class
 from swd.runtime import autocast_context, ema_update, pick_device, resize_area
-from swd.sampling import add_noise, conditioned, make_generator, sample_scalewise, upsample
+from swd.processes import FLOW
+from swd.sampling import conditioned, make_generator, sample_scalewise, upsample
 from swd.schedules import ScaleSchedule, resolve_schedule
 from swd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trim_log
 from swd.train.common import load_training_data
@@ -187,23 +188,25 @@ class ScaleBatch:
 
 
 def make_scale_batch(images: torch.Tensor, cond: TextCondition, schedule: ScaleSchedule, i: int,
-                     gen: torch.Generator, device, space=None) -> ScaleBatch:
+                     gen: torch.Generator, device, space=None, process=None) -> ScaleBatch:
     """Training pair of SWD_SPEC section 4 steps 1-2 for pixel images (B, 3, H, W) in [-1, 1].
 
     The image is area-downscaled in pixel space to the pixel sizes of s_i and s_{i-1} and each is
-    encoded by `space` (identity for pixel-space models, a frozen VAE otherwise).
+    encoded by `space` (identity for pixel-space models, a frozen VAE otherwise). `process` is the
+    model's forward process (rectified flow by default; DDPM for noise-prediction UNets).
     """
     space = space or PixelSpace()
+    process = process or FLOW
     size = schedule.scales[i]
     target = space.encode(resize_area(images, space.pixel_size(size)))
     sigma_i = schedule.sigmas[i]
     eps = torch.randn(target.shape, generator=gen).to(target.device)
     if i == 0:
         # The first step starts from the sampler's starting point: noise at sigma_0 (pure if 1).
-        x_in = add_noise(torch.zeros_like(target), sigma_i, eps) if sigma_i < 1 else eps
+        x_in = process.add_noise(torch.zeros_like(target), sigma_i, eps) if sigma_i < 1 else eps
     else:
         lower = space.encode(resize_area(images, space.pixel_size(schedule.scales[i - 1])))
-        x_in = add_noise(upsample(lower, size, "bicubic"), sigma_i, eps)
+        x_in = process.add_noise(upsample(lower, size, "bicubic"), sigma_i, eps)
     b = images.shape[0]
     return ScaleBatch(x_in.to(device), torch.full((b,), sigma_i, device=device), target.to(device), cond.to(device))
 
@@ -470,11 +473,12 @@ class DistillRun:
         """A fresh training batch at scale i."""
         idx = torch.randint(len(self.data.train_images), (self.cfg.train.batch_size,), generator=gen)
         return make_scale_batch(self.data.train_images[idx], self.data.train_condition(idx), self.schedule, i, gen,
-                                self.device, self.space)
+                                self.device, self.space, process=getattr(self.gen_adapter, "process", FLOW))
 
     def student_x0(self, batch: ScaleBatch) -> torch.Tensor:
         """The generator's clean estimate x0_hat at the batch's scale."""
-        return x0_from_velocity(batch.x_in, batch.sigma, self.gen_adapter(batch.x_in, batch.sigma, batch.cond).float())
+        process = getattr(self.gen_adapter, "process", FLOW)  # flow models: x0 = x - sigma v
+        return process.x0(batch.x_in, batch.sigma, self.gen_adapter(batch.x_in, batch.sigma, batch.cond).float())
 
     @property
     def student(self) -> torch.nn.Module:
@@ -783,7 +787,7 @@ def student_samples(adapter, data, schedule: ScaleSchedule, device, precision: s
     adapter.eval()
     with autocast_context(device, precision):
         x = sample_scalewise(conditioned(adapter, cond), schedule, n, adapter.latent_channels,
-                             generator=make_generator(seed), device=device)
+                             generator=make_generator(seed), device=device, process=getattr(adapter, "process", None))
     adapter.train(was_training)
     return space.decode(x.float()).float().clamp(-1, 1)
 
