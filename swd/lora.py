@@ -79,6 +79,8 @@ _UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"
 # FLUX single-stream blocks: proj_mlp is the feed-forward input; proj_out is the shared output of
 # attention and feed-forward. "proj_out" also names FLUX's final layer, which lora_config excludes.
 _FLUX_SINGLE_TARGETS = ["proj_mlp", "proj_out"]
+# Wan2.1 blocks: self (attn1) and cross (attn2) attention q/k/v/out and the feed-forward's two linears.
+_WAN_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
 _FLUX_EXCLUDE = "proj_out"  # regex, full match: only the top-level output projection
 
 
@@ -94,7 +96,9 @@ def lora_target_modules(family: str) -> list[str]:
         return list(_JOINT_TARGETS) + list(_FLUX_SINGLE_TARGETS)
     if family == "unet":
         return list(_UNET_TARGETS)
-    raise SwdError(f"family: unknown {family!r}; choose sd3, flux or unet")
+    if family == "wan":
+        return list(_WAN_TARGETS)
+    raise SwdError(f"family: unknown {family!r}; choose sd3, flux, unet or wan")
 
 
 def lora_config(family: str, rank: int = 64, alpha: Optional[float] = None, init: Union[str, bool] = "gaussian"):
@@ -120,8 +124,10 @@ def model_family(transformer) -> str:
         return "flux"
     if name == "UNet2DConditionModel":
         return "unet"
+    if name == "WanTransformer3DModel":
+        return "wan"
     raise SwdError(f"model: no LoRA support for {name}; supported: SD3Transformer2DModel, FluxTransformer2DModel, "
-                   f"UNet2DConditionModel")
+                   f"UNet2DConditionModel, WanTransformer3DModel")
 
 
 def _unwrap(model):
@@ -390,7 +396,9 @@ def save_lora_diffusers(transformer, directory, adapter_name: str = "default", w
             directory, unet_lora_layers=sd, unet_lora_adapter_metadata=metadata, weight_name=weight_name
         )
     else:
-        pipeline_cls = {"sd3": StableDiffusion3Pipeline, "flux": FluxPipeline}[family]
+        from diffusers import WanPipeline
+
+        pipeline_cls = {"sd3": StableDiffusion3Pipeline, "flux": FluxPipeline, "wan": WanPipeline}[family]
         pipeline_cls.save_lora_weights(
             directory, transformer_lora_layers=sd, transformer_lora_adapter_metadata=metadata, weight_name=weight_name
         )

@@ -17,8 +17,11 @@ Layout: `train_distill` is the loop; `prepare_run` validates, loads, builds and 
 everything it uses (a `DistillRun`); `Reporter` writes logs, grids and evaluations; `export_run`
 writes the student.
 
-Models (config `model.arch`): the pixel-space testbed MMDiT, or SD3.5 / FLUX (real or tiny
-random configs of `swd.models.configs.ARCHS`) through `swd.models.adapter_for`. Latent models
+Models (config `model.arch`): the pixel-space testbed MMDiT, or SD3.5 / FLUX / Wan2.1 video (real or
+tiny random configs of `swd.models.configs.ARCHS`) through `swd.models.adapter_for`. Video runs
+take clips (B, 3, F, H, W) and (frames, h, w) schedules: pairs are clips downscaled in time and
+space in pixel space (`swd.runtime.resize_clip`), encoded by the causal VAE, the lower one grown
+by `swd.sampling.upsample_video`. Latent models
 see VAE latents of area-downscaled pixel images (`swd.train.latents`) and read prompt embeddings
 precomputed once by `swd data encode-prompts` (`swd.data.prompts`). LoRA generator and fake
 models share the teacher's frozen weights (one allocation, separate module objects).
@@ -50,13 +53,13 @@ from swd.losses import GANHead
 from swd.models import TextCondition, adapter_for, text_widths
 from swd.models.configs import ARCHS, ArchSpec, transformer_class
 from swd.objectives import Critics, FakeScore, LossConfig, ObjectiveName, objective_class
-from swd.runtime import autocast_context, ema_update, pick_device, resize_area
+from swd.runtime import autocast_context, ema_update, pick_device, resize_area, resize_clip
 from swd.processes import FLOW
-from swd.sampling import conditioned, make_generator, sample_scalewise, upsample
+from swd.sampling import conditioned, make_generator, sample_scalewise, upsample, upsample_video
 from swd.schedules import ScaleSchedule, resolve_schedule
 from swd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trim_log
 from swd.train.common import load_training_data
-from swd.train.latents import PixelSpace, VaeSpace, load_vae, pretrained_folder
+from swd.train.latents import PixelSpace, VaeSpace, VideoVaeSpace, load_vae, pretrained_folder
 
 ARCH_NAMES = ("testbed", *ARCHS)  # testbed = the pixel-space MMDiT of swd.models.testbed
 
@@ -181,7 +184,7 @@ def scale_index(step: int, n_scales: int, order: str, gen: torch.Generator) -> i
 class ScaleBatch:
     """One batch at scale i: the generator's input, its sigma and the real target at s_i."""
 
-    x_in: torch.Tensor  # (B, C, h_i, w_i) latents (pixels for the testbed)
+    x_in: torch.Tensor  # (B, C, h_i, w_i) latents (pixels for the testbed); video (B, C, f_i, h_i, w_i)
     sigma: torch.Tensor  # (B,)
     target: torch.Tensor  # (B, C, h_i, w_i): real images area-downscaled to s_i (pixels), then encoded
     cond: TextCondition
@@ -189,24 +192,29 @@ class ScaleBatch:
 
 def make_scale_batch(images: torch.Tensor, cond: TextCondition, schedule: ScaleSchedule, i: int,
                      gen: torch.Generator, device, space=None, process=None) -> ScaleBatch:
-    """Training pair of SWD_SPEC section 4 steps 1-2 for pixel images (B, 3, H, W) in [-1, 1].
+    """Training pair of SWD_SPEC section 4 steps 1-2 for pixel images (B, 3, H, W) in [-1, 1], or
+    clips (B, 3, F, H, W) with a video schedule.
 
     The image is area-downscaled in pixel space to the pixel sizes of s_i and s_{i-1} and each is
-    encoded by `space` (identity for pixel-space models, a frozen VAE otherwise). `process` is the
-    model's forward process (rectified flow by default; DDPM for noise-prediction UNets).
+    encoded by `space` (identity for pixel-space models, a frozen VAE otherwise); clips are
+    downscaled in time and space (`resize_clip`) and the lower one upsampled by `upsample_video`.
+    `process` is the model's forward process (rectified flow by default; DDPM for noise-prediction UNets).
     """
     space = space or PixelSpace()
     process = process or FLOW
     size = schedule.scales[i]
-    target = space.encode(resize_area(images, space.pixel_size(size)))
+    video = images.ndim == 5
+    shrink = resize_clip if video else resize_area
+    grow = upsample_video if video else upsample
+    target = space.encode(shrink(images, space.pixel_size(size)))
     sigma_i = schedule.sigmas[i]
     eps = torch.randn(target.shape, generator=gen).to(target.device)
     if i == 0:
         # The first step starts from the sampler's starting point: noise at sigma_0 (pure if 1).
         x_in = process.add_noise(torch.zeros_like(target), sigma_i, eps) if sigma_i < 1 else eps
     else:
-        lower = space.encode(resize_area(images, space.pixel_size(schedule.scales[i - 1])))
-        x_in = process.add_noise(upsample(lower, size, "bicubic"), sigma_i, eps)
+        lower = space.encode(shrink(images, space.pixel_size(schedule.scales[i - 1])))
+        x_in = process.add_noise(grow(lower, size, "bicubic"), sigma_i, eps)
     b = images.shape[0]
     return ScaleBatch(x_in.to(device), torch.full((b,), sigma_i, device=device), target.to(device), cond.to(device))
 
@@ -383,24 +391,28 @@ def latent_space(cfg: DistillConfig, spec: Optional[ArchSpec], vae, device, dtyp
         if vae is not None:
             raise SwdError("model.vae: the testbed works in pixel space and takes no VAE")
         return PixelSpace()
+    video = spec.family == "wan"
     if vae is None:
         source = cfg.model.vae or (cfg.teacher if cfg.teacher and (Path(cfg.teacher) / "vae").is_dir() else "")
         if not source:
             raise SwdError(f"model.vae: arch {spec.name} works in a VAE's latent space; set model.vae to an "
-                           f"AutoencoderKL folder or a pipeline folder")
-        vae = load_vae(source)
-    return VaeSpace(vae, device, dtype)
+                           f"{'AutoencoderKLWan' if video else 'AutoencoderKL'} folder or a pipeline folder")
+        vae = load_vae(source, video=video)
+    return VideoVaeSpace(vae, device, dtype) if video else VaeSpace(vae, device, dtype)
 
 
 def check_data(data, space, schedule: ScaleSchedule, teacher) -> None:
     pixels = space.pixel_size(schedule.final_size)
     # Larger images are area-downscaled to every scale anyway (the 32 px UNet teachers train on
     # the 64 px sets the same way); smaller ones would need upsampling, so they are refused.
-    have = tuple(data.train_images.shape[-2:])
+    # Video: (frames, H, W) of clips (N, 3, F, H, W) against the last scale's pixel size.
+    if schedule.is_video and data.train_images.ndim != 5:
+        raise SwdError("data: a video schedule trains on clips (N, 3, F, H, W); this data holds images")
+    have = tuple(data.train_images.shape[-len(pixels):])
     if have != tuple(pixels) and (space.downsample != 1 or any(h < p for h, p in zip(have, pixels))):
         unit = "" if space.downsample == 1 else f" (latent {schedule.final_size} x VAE factor {space.downsample})"
         raise SwdError(f"schedule: final size {pixels}{unit} differs from the data's images "
-                       f"{tuple(data.train_images.shape[-2:])}")
+                       f"{have}")
     empty = data.empty_condition()
     joint, pooled = text_widths(teacher)  # a UNet without pooled input: pooled None, not checked
     if empty.prompt_embeds.shape[-1] != joint or (pooled is not None and empty.pooled.shape[-1] != pooled):
@@ -708,7 +720,13 @@ class Reporter:
     def sample_grid(self, step: int) -> None:
         r = self.r
         images = student_samples(r.gen_adapter, r.data, r.schedule, r.device, r.cfg.train.precision, r.space)
-        save_grid(images, r.run_dir / "samples" / f"step_{step:08d}.png", labels=r.data.heldout_captions[: len(images)])
+        path = r.run_dir / "samples" / f"step_{step:08d}.png"
+        if images.ndim == 5:  # clips: one row of frames per held-out prompt
+            n, frames = images.shape[0], images.shape[2]
+            save_grid(images.transpose(1, 2).flatten(0, 1), path, ncol=frames,
+                      row_titles=r.data.heldout_captions[:n])
+            return
+        save_grid(images, path, labels=r.data.heldout_captions[: len(images)])
 
     def evaluate(self, at_step: int) -> None:
         """Score the model that gets exported (EMA if any) and log it. Sampling uses its own RNG and

@@ -1,4 +1,5 @@
-"""The space a model denoises in: pixels (the testbed) or a frozen VAE's latents (SD3, FLUX).
+"""The space a model denoises in: pixels (the testbed) or a frozen VAE's latents (SD3, FLUX; Wan2.1's
+causal video VAE in `VideoVaeSpace`).
 
 SWD_SPEC section 4, step 1: real images are area-downscaled in PIXEL space to the pixel size of
 a scale and only then encoded, so the target at every scale is the encoding of a real
@@ -81,6 +82,56 @@ class VaeSpace:
         return torch.cat(out)
 
 
+class VideoVaeSpace:
+    """A frozen diffusers AutoencoderKLWan (causal, x4 in time, x8 in space): `encode` gives the
+    latents Wan's transformer sees, `(mean - latents_mean) / latents_std` per channel.
+
+    Clips are (B, 3, F, H, W) in [-1, 1] with F = 4k + 1 pixel frames -> (B, C, k + 1, H/8, W/8).
+    """
+
+    def __init__(self, vae, device=None, dtype: torch.dtype | None = None, chunk: int = 2):
+        config = vae.config
+        self.vae = torch.nn.Module.to(vae, device=device, dtype=dtype).eval().requires_grad_(False)
+        self.channels = int(config.z_dim)
+        self.downsample = int(config.scale_factor_spatial)
+        self.temporal = int(config.scale_factor_temporal)
+        shape = (1, self.channels, 1, 1, 1)
+        self.mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(shape)
+        self.std = torch.tensor(config.latents_std, dtype=torch.float32).view(shape)
+        self.chunk = chunk
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+    def pixel_size(self, size: tuple[int, int, int]) -> tuple[int, int, int]:
+        """(latent frames, h, w) -> (4 (frames - 1) + 1, 8 h, 8 w)."""
+        frames, h, w = size
+        return (self.temporal * (frames - 1) + 1, h * self.downsample, w * self.downsample)
+
+    @torch.no_grad()
+    def encode(self, clips: torch.Tensor) -> torch.Tensor:
+        out = []
+        for part in clips.split(self.chunk):
+            dist = self.vae.encode(part.to(self.device, self.dtype), return_dict=False)[0]
+            z = dist.mode().float()
+            out.append((z - self.mean.to(z.device)) / self.std.to(z.device))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Inverse of encode: float32 clips (B, 3, F, H, W), roughly in [-1, 1]."""
+        out = []
+        for part in latents.split(self.chunk):
+            z = part.float().to(self.device) * self.std.to(self.device) + self.mean.to(self.device)
+            out.append(self.vae.decode(z.to(self.dtype), return_dict=False)[0].float())
+        return torch.cat(out)
+
+
 def pretrained_folder(path: str, sub: str, what: str, class_name: str):
     """A saved model's folder: `path` itself, or its `sub/` folder when `path` is a pipeline folder;
     either may be a Hub id (`owner/name`), fetched through huggingface_hub's cache (swd.hub)."""
@@ -94,8 +145,10 @@ def pretrained_folder(path: str, sub: str, what: str, class_name: str):
     return folder
 
 
-def load_vae(path: str):
-    """An AutoencoderKL from its folder, or from the `vae/` folder of a pipeline folder."""
-    from diffusers import AutoencoderKL
+def load_vae(path: str, video: bool = False):
+    """An AutoencoderKL (AutoencoderKLWan when `video`) from its folder, or from the `vae/` folder of
+    a pipeline folder."""
+    from diffusers import AutoencoderKL, AutoencoderKLWan
 
-    return AutoencoderKL.from_pretrained(pretrained_folder(path, "vae", "model.vae", "AutoencoderKL"), use_safetensors=True)
+    cls = AutoencoderKLWan if video else AutoencoderKL
+    return cls.from_pretrained(pretrained_folder(path, "vae", "model.vae", cls.__name__), use_safetensors=True)

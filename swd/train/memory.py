@@ -92,8 +92,8 @@ def estimate_memory(cfg: DistillConfig, models, params: ParamReport, text_tokens
     weights = objective_class(cfg.objective).loss_weights(cfg.losses)
     schedule = training_schedule(cfg)
     adapter = adapter_for(models.teacher)
-    h, w = schedule.final_size
-    tokens = (h // adapter.patch_size) * (w // adapter.patch_size) + text_tokens
+    # Image (or video) tokens at the largest scale: (h / p)(w / p), video (f / p_t)(h / p)(w / p).
+    tokens = schedule.image_tokens(adapter.patch_size)[-1] + text_tokens
     width = models.teacher.config.num_attention_heads * models.teacher.config.attention_head_dim
     batch = cfg.train.batch_size
     full = BLOCK_ACTIVATION_BYTES * tokens * batch * width
@@ -156,8 +156,8 @@ def dry_run_report(cfg: DistillConfig) -> tuple[str, ParamReport, MemoryEstimate
                      f"head {params.gan_head / 1e6:.2f} M)")
     lines += [
         f"#   allocated in total        {params.allocated / 1e9:8.3f} B  (teacher + generator + fake, shared once)",
-        f"# memory per GPU (estimate): batch {mem.batch} per GPU at latent {schedule.final_size[0]}x"
-        f"{schedule.final_size[1]} (S = {mem.tokens} tokens incl. {text_tokens} text, h = {mem.width}), "
+        f"# memory per GPU (estimate): batch {mem.batch} per GPU at latent {'x'.join(map(str, schedule.final_size))}"
+        f" (S = {mem.tokens} tokens incl. {text_tokens} text, h = {mem.width}), "
         f"{cfg.train.precision}, gradient checkpointing {'on' if ckpt else 'off'}",
         f"#   weights (bf16 frozen, fp32 trainable) {gb(mem.weights)}",
         f"#   gradients (fp32)                      {gb(mem.gradients)}",
