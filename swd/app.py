@@ -135,12 +135,15 @@ def load_models(student: str | Path | None = None, teacher: str | Path | None = 
     distill-config.yaml names, else the shipped testbed teacher."""
     from swd.demo import load_model
 
+    from swd.hub import model_folder
+
     default_teacher, default_student = default_model_dirs()
-    student_dir = Path(student) if student is not None else default_student
+    # Local folders, or Hub ids fetched through huggingface_hub's cache (swd.hub).
+    student_dir = model_folder(student, "--model") if student is not None else default_student
     if not student_dir.exists():
         raise SwdError(f"--model: {student_dir} does not exist")
     if teacher is not None:
-        teacher_dir = Path(teacher)
+        teacher_dir = model_folder(teacher, "--teacher")
     else:
         teacher_dir = teacher_of(student_dir) or default_teacher
     if not teacher_dir.exists():
