@@ -358,6 +358,11 @@ def _preset_table() -> dict[str, ScaleSchedule]:
     # 1000, 800, 600, 400 (and 0) with scales 64, 80, 96, 128; not a flow grid.
     table["sdxl-4"] = ScaleSchedule(scales=((64, 64), (80, 80), (96, 96), (128, 128)), sigmas=(1.0, 0.8, 0.6, 0.4),
                                     name="sdxl-4", description="SDXL 4-step MMD-only student, 1024 px (latent 64 -> 128, DDPM)")
+    # The moving-shapes video testbed (pixel space, 9 x 32 x 32 clips, patch 1x4x4): frames
+    # 3 / 5 / 7 / 9 are the clip resampled over the same duration (sample with time_mode="uniform":
+    # pixel frames have no causal first frame).
+    add("moving-shapes-4", [(3, 16, 16), (5, 20, 20), (7, 24, 24), (9, 32, 32)], [0, 7, 14, 18],
+        "moving-shapes video testbed 4-step, 3x16x16 -> 9x32x32 px (frames x h x w)")
     return table
 
 

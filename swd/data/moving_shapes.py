@@ -80,8 +80,12 @@ def _draw_object(rng: np.random.Generator, frames: int, taken_color: str | None)
     shape = str(rng.choice(SHAPES))
     color = str(rng.choice(colors))
     direction = str(rng.choice(list(DIRECTIONS)))
-    speed = str(rng.choice(list(SPEEDS)))
     size = float(rng.uniform(*OBJECT_SIZE))
+    # Only speeds whose whole path fits the frame (long clips leave only the slow one, or none).
+    fitting = [s for s in SPEEDS if SPEEDS[s] * (frames - 1) + size + 2 * MARGIN <= IMAGE_SIZE]
+    if not fitting:
+        raise SwdError(f"frames: {frames} frames of motion do not fit a {IMAGE_SIZE}-unit frame at any speed")
+    speed = str(rng.choice(fitting))
     # Start where the whole path stays inside the frame: the path spans speed * (frames - 1).
     travel = SPEEDS[speed] * (frames - 1)
     dx, dy = DIRECTIONS[direction]

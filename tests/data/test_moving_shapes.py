@@ -101,4 +101,7 @@ def test_bad_input():
         score_clips(np.zeros((9, 32, 32, 3), np.uint8), generate_clips(1))
     with pytest.raises(SwdError, match="frames"):
         make_clip(frames=1)
+    with pytest.raises(SwdError, match="do not fit"):
+        make_clip(frames=40)
+    assert {o.speed for s in generate_clips(30, frames=17) for o in s.objects} == {"slowly"}  # fast would leave
     assert set(DIRECTIONS) == {"left", "right", "up", "down"} and len(SPEEDS) == 2
