@@ -1,7 +1,8 @@
 """Train and score a small pixel-space video teacher on the moving-shapes testbed (CPU).
 
     python scripts/moving_shapes_teacher.py train --out runs/ms-teacher --minutes 40
-    python scripts/moving_shapes_teacher.py score --model runs/ms-teacher/teacher --n 64
+    python scripts/moving_shapes_teacher.py distill --teacher runs/ms-teacher/teacher --out runs/ms-student --minutes 15
+    python scripts/moving_shapes_teacher.py score --model runs/ms-teacher/teacher --student runs/ms-student/student --n 64
     python scripts/moving_shapes_teacher.py check-scorer --n 500
 
 The teacher is a diffusers WanTransformer3DModel in pixel space (3 channels, patch 1x4x4, width
@@ -27,14 +28,15 @@ from swd.data.moving_shapes import generate_clips, render_clips
 from swd.data.text import encode_captions
 from swd.data.video_scoring import score_clips
 from swd.models import TextCondition
+from swd.models.configs import ARCHS
 from swd.models.wan import WanAdapter
 from swd.runtime import ema_update, resize_clip
-from swd.sampling import add_noise, guided, make_generator, sample_euler, sample_scalewise, randn
+from swd.sampling import add_noise, conditioned, guided, make_generator, sample_euler, sample_scalewise, randn
 from swd.schedules import flow_sigmas, get_preset
 
 TEXT_TOKENS = 16
-TEACHER_CONFIG = dict(patch_size=(1, 4, 4), num_attention_heads=4, attention_head_dim=32, in_channels=3,
-                      out_channels=3, text_dim=384, freq_dim=64, ffn_dim=512, num_layers=6, rope_max_seq_len=64)
+ARCH = "moving-shapes-wan"  # swd.models.configs: the teacher's config, its schedule and feature block
+TEACHER_CONFIG = ARCHS[ARCH].transformer
 TRAIN_SEED, HELDOUT_SEED = 0, 1000  # clips of seed 1000 are never drawn in training
 
 
@@ -124,6 +126,12 @@ def score(args) -> None:
     noise = randn((args.n, 3, *schedule.final_size), make_generator(0))
     teacher = sample_euler(guided(adapter, cond, uncond, args.cfg), flow_sigmas(args.steps, 3.0), noise)
     runs["teacher"] = (teacher, time.time() - began)
+    if args.student:
+        student = WanAdapter(WanTransformer3DModel.from_pretrained(args.student, use_safetensors=True).eval())
+        began = time.time()
+        x = sample_scalewise(conditioned(student, cond), schedule, args.n, 3, generator=make_generator(0),
+                             time_mode="uniform")  # students run without CFG
+        runs["swd-student-4-scalewise"] = (x, time.time() - began)
     for name, sched in (("undistilled-4-scalewise", schedule), ("undistilled-4-full", schedule.at_full_resolution())):
         began = time.time()
         x = sample_scalewise(guided(adapter, cond, uncond, args.cfg), sched, args.n, 3, generator=make_generator(0),
@@ -145,8 +153,53 @@ def score(args) -> None:
             (strip.shape[1] * 2, strip.shape[0] * 2), Image.Resampling.NEAREST).save(out / f"{name}.png")
         save_video(np.concatenate(list(frames), axis=2), out / f"{name}.gif", fps=6)
     results["captions"] = [s.caption for s in samples[:4]]
+    from swd.eval.flops import sampling_flops
+
+    flops = sampling_flops(ARCH, schedule, teacher_steps=args.steps, cfg=True)
+    # Transformer FLOPs per clip: CFG doubles the undistilled runs; the student runs without it.
+    results["gflops_per_clip"] = {"teacher": flops.teacher.flops / 1e9, "undistilled-4-scalewise": 2 * flops.swd.flops / 1e9,
+                                  "undistilled-4-full": 2 * flops.full.flops / 1e9, "swd-student-4-scalewise": flops.swd.flops / 1e9}
     (out / "scores.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
+
+
+def clip_data(n: int, cache) -> "CaptionedData":
+    """Single-object training clips (seed TRAIN_SEED) with MiniLM states, in the trainer's data interface."""
+    from swd.train.common import CaptionedData
+
+    samples = generate_clips(n, seed=TRAIN_SEED, max_objects=1)
+    captions = [s.caption for s in samples]
+    unique = sorted(set(captions))
+    row = {c: i for i, c in enumerate(unique)}
+    states = condition(unique, cache).prompt_embeds
+    empty = condition([""], cache).prompt_embeds
+    heldout = generate_clips(8, seed=HELDOUT_SEED, max_objects=1)
+    held_states = condition([s.caption for s in heldout], cache).prompt_embeds
+    clips = clips_tensor(samples)
+    return CaptionedData(
+        train_images=clips, train_caption_index=torch.tensor([row[c] for c in captions]), caption_states=states,
+        caption_pooled=torch.zeros(len(unique), 0), empty_states=empty, empty_pooled=torch.zeros(1, 0),
+        heldout_captions=[s.caption for s in heldout], heldout_states=held_states,
+        heldout_pooled=torch.zeros(len(heldout), 0), heldout_images=clips_tensor(heldout), train_captions=captions,
+    )
+
+
+def distill(args) -> None:
+    """MMD-only scale-wise distillation of the teacher (full fine-tune) with the project's trainer."""
+    from diffusers import WanTransformer3DModel
+
+    from swd.config import from_dict
+    from swd.train.distill import DistillConfig, train_distill
+
+    teacher = WanTransformer3DModel.from_pretrained(args.teacher, use_safetensors=True)
+    cfg = from_dict(DistillConfig, {
+        "run_dir": args.out, "schedule": "moving-shapes-4", "objective": "mmd-only", "model": {"arch": ARCH},
+        "generator": {"lora_rank": 0, "lr": args.lr},
+        "train": {"steps": 100000, "batch_size": args.batch, "device": "cpu", "precision": "fp32",
+                  "max_minutes": args.minutes, "log_every": 10, "sample_every": 100000, "checkpoint_every": 100000},
+    })
+    result = train_distill(cfg, data=clip_data(2048, args.cache), teacher=teacher)
+    print(f"student: {result.export_dir}, {result.step} steps", flush=True)
 
 
 def check_scorer(args) -> None:
@@ -175,10 +228,18 @@ def main() -> None:
     s.add_argument("--steps", type=int, default=28)
     s.add_argument("--cfg", type=float, default=4.5)
     s.add_argument("--cache", default=None)
+    s.add_argument("--student", default=None)
+    d = sub.add_parser("distill")
+    d.add_argument("--teacher", required=True)
+    d.add_argument("--out", required=True)
+    d.add_argument("--minutes", type=float, default=15)
+    d.add_argument("--batch", type=int, default=8)
+    d.add_argument("--lr", type=float, default=1e-4)
+    d.add_argument("--cache", default=None)
     c = sub.add_parser("check-scorer")
     c.add_argument("--n", type=int, default=500)
     args = p.parse_args()
-    {"train": train, "score": score, "check-scorer": check_scorer}[args.cmd](args)
+    {"train": train, "score": score, "distill": distill, "check-scorer": check_scorer}[args.cmd](args)
 
 
 if __name__ == "__main__":

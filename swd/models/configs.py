@@ -125,6 +125,15 @@ ARCHS: dict[str, ArchSpec] = {
                          pooled_projection_dim=8, guidance_embeds=True, axes_dims_rope=(2, 2, 4)),
         text_tokens=6, default_schedule="", feature_block=1,
     ),
+    # The moving-shapes video testbed's teacher: Wan's architecture in pixel space (3 channels,
+    # patch 1x4x4, 9 x 32 x 32 clips = 576 tokens), MiniLM caption states (16 x 384).
+    "moving-shapes-wan": ArchSpec(
+        name="moving-shapes-wan", family="wan",
+        transformer=dict(patch_size=(1, 4, 4), num_attention_heads=4, attention_head_dim=32, in_channels=3,
+                         out_channels=3, text_dim=384, freq_dim=64, ffn_dim=512, num_layers=6, rope_max_seq_len=64),
+        text_tokens=16, vae_downsample=1, default_schedule="moving-shapes-4", feature_block=3, teacher_cfg=4.5,
+        notes="pixel-space video testbed teacher (scripts/moving_shapes_teacher.py)",
+    ),
     "tiny-wan": ArchSpec(
         name="tiny-wan", family="wan",
         # 16 latent channels: the z_dim of AutoencoderKLWan (its latents_mean/std have 16 entries).

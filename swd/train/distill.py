@@ -205,7 +205,8 @@ def make_scale_batch(images: torch.Tensor, cond: TextCondition, schedule: ScaleS
     size = schedule.scales[i]
     video = images.ndim == 5
     shrink = resize_clip if video else resize_area
-    grow = upsample_video if video else upsample
+    time_mode = getattr(space, "time_mode", "linear")
+    grow = (lambda x, s, mode: upsample_video(x, s, mode, time_mode)) if video else upsample
     target = space.encode(shrink(images, space.pixel_size(size)))
     sigma_i = schedule.sigmas[i]
     eps = torch.randn(target.shape, generator=gen).to(target.device)
@@ -387,9 +388,9 @@ def check_teacher(teacher, spec: Optional[ArchSpec]) -> None:
 
 
 def latent_space(cfg: DistillConfig, spec: Optional[ArchSpec], vae, device, dtype):
-    if spec is None:
+    if spec is None or spec.vae_downsample == 1:
         if vae is not None:
-            raise SwdError("model.vae: the testbed works in pixel space and takes no VAE")
+            raise SwdError(f"model.vae: {cfg.model.arch} works in pixel space and takes no VAE")
         return PixelSpace()
     video = spec.family == "wan"
     if vae is None:
@@ -805,6 +806,7 @@ def student_samples(adapter, data, schedule: ScaleSchedule, device, precision: s
     adapter.eval()
     with autocast_context(device, precision):
         x = sample_scalewise(conditioned(adapter, cond), schedule, n, adapter.latent_channels,
+                             time_mode=getattr(space, "time_mode", "linear"),
                              generator=make_generator(seed), device=device, process=getattr(adapter, "process", None))
     adapter.train(was_training)
     return space.decode(x.float()).float().clamp(-1, 1)

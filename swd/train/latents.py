@@ -23,6 +23,7 @@ class PixelSpace:
 
     downsample = 1
     channels = 3
+    time_mode = "uniform"  # pixel clips: every frame one sample in time (no causal first frame)
 
     def pixel_size(self, size: tuple[int, int]) -> tuple[int, int]:
         return tuple(size)
@@ -88,6 +89,8 @@ class VideoVaeSpace:
 
     Clips are (B, 3, F, H, W) in [-1, 1] with F = 4k + 1 pixel frames -> (B, C, k + 1, H/8, W/8).
     """
+
+    time_mode = "linear"  # `swd.sampling.time_upsample_matrix`: the first latent frame apart
 
     def __init__(self, vae, device=None, dtype: torch.dtype | None = None, chunk: int = 2):
         config = vae.config

@@ -148,3 +148,19 @@ def test_wan_dry_run_with_lora(tmp_path, capsys, arch, total):
     assert "latent 21x60x104" in out and "S = 33272 tokens" in out  # 21 * 30 * 52 + 512
     gib = float(out.split("total (estimate)")[1].split("GiB")[0])
     assert total[0] < gib < total[1]
+
+
+def test_pixel_space_video_pairs_use_uniform_time():
+    # The moving-shapes teacher works on pixel clips: no causal first frame, so frames grow "uniform".
+    from swd.train.latents import PixelSpace
+
+    clips = clip_data(2).train_images
+    schedule = ScaleSchedule(scales=[(3, 16, 16), (5, 20, 20)], sigmas=[1.0, 0.8])
+    cond = TextCondition(torch.zeros(2, 6, 16), torch.zeros(2, 0))
+    batch = make_scale_batch(clips, cond, schedule, 1, torch.Generator().manual_seed(0), "cpu", PixelSpace())
+    torch.testing.assert_close(batch.target, resize_clip(clips, (5, 20, 20)))
+    lower = resize_clip(clips, (3, 16, 16))  # frames 0, 4, 8
+    assert torch.equal(lower[:, :, 1], torch.nn.functional.interpolate(clips[:, :, 4], size=16, mode="area"))
+    eps = torch.randn(2, 3, 5, 20, 20, generator=torch.Generator().manual_seed(0))
+    up = upsample_video(lower, (5, 20, 20), "bicubic", "uniform")
+    torch.testing.assert_close(batch.x_in, 0.2 * up + 0.8 * eps)
