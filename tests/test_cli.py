@@ -1,13 +1,22 @@
 """The CLI's error contract: expected failures are one `swd: error:` line (exit 2), bugs keep
-their traceback and ask to be reported (exit 1), and no progress bar prints after the error."""
+their traceback and ask to be reported (exit 1), and no progress bar prints after the error.
+And the command layer: every group registered, in order, none dropped by a failed import."""
 
+import argparse
 import errno
 import gc
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 import swd.cli as cli
+import swd.commands.schedules as schedules_command
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def fail_with(exc):
@@ -21,7 +30,7 @@ def fail_with(exc):
 @pytest.fixture
 def run_failing(monkeypatch, capsys):
     def run(exc):
-        monkeypatch.setattr(cli, "_cmd_schedules", fail_with(exc))
+        monkeypatch.setattr(schedules_command, "_cmd_schedules", fail_with(exc))
         code = cli.main(["schedules"])
         return code, capsys.readouterr().err
 
@@ -92,7 +101,7 @@ def test_progress_bar_does_not_print_after_the_error(monkeypatch, capsys):
         bar.update(3)
         raise SwdError("train.lr: must be >= 0, got -1.0")  # the bar is left open, as a crashing loop leaves it
 
-    monkeypatch.setattr(cli, "_cmd_schedules", command)
+    monkeypatch.setattr(schedules_command, "_cmd_schedules", command)
     assert cli.main(["schedules"]) == 2
     gc.collect()  # an unclosed bar would print its last state now
     err = capsys.readouterr().err
@@ -105,3 +114,32 @@ def test_messages_are_one_line_whatever_they_hold(run_failing):
 
     code, err = run_failing(SwdError("model: cannot load it (first\nsecond)"))
     assert code == 2 and err == "swd: error: model: cannot load it (first second)\n"
+
+
+def test_command_groups_give_the_commands_in_order():
+    from swd.commands import COMMAND_GROUPS
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == ["schedules", "bench", "data", "train-teacher", "distill", "export", "sample", "demo",
+                                 "eval", "report", "app"]
+    assert all(callable(group.register) for group in COMMAND_GROUPS)
+    bench = next(a for a in sub.choices["bench"]._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(bench.choices) == ["flops", "latency"]
+
+
+def test_a_command_module_that_fails_to_import_is_not_skipped():
+    """A broken `swd.*` import stops the CLI with its error instead of silently dropping a command."""
+    code = "import sys; sys.modules['swd.commands.report'] = None; import swd.cli"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr and "swd.commands.report" in proc.stderr
+
+
+def test_schedules_lists_every_preset(capsys):
+    from swd.schedules import PRESETS
+
+    assert cli.main(["schedules", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == list(PRESETS)
+    assert all(r["steps"] == len(r["sigmas"]) == len(r["scales"]) for r in rows)

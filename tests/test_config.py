@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from swd.config import apply_overrides, from_dict, load_config
+from swd.config import apply_overrides, dump_config, from_dict, load_config
 from swd.errors import SwdError
 from swd.train.teacher import TeacherConfig
 from swd.train.validation import (
@@ -92,3 +92,26 @@ def test_devices():
     for name in ("banana", "cuda:99", "xla"):
         with pytest.raises(SwdError, match="^dev: "):
             check_device(name, "dev")
+
+
+def test_objective_is_checked_when_the_config_loads(tmp_path):
+    from swd.objectives import OBJECTIVES
+    from swd.train.distill import DistillConfig
+
+    path = tmp_path / "run.yaml"
+    path.write_text("objective: gan-only\n")
+    with pytest.raises(SwdError, match="^objective: must be one of swd, mmd-only, dmd-only, dmd2-full, got 'gan-only'$"):
+        load_config(DistillConfig, path)
+    for name in OBJECTIVES:
+        assert load_config(DistillConfig, None, [f"objective={name}"]).objective == name
+
+
+def test_distill_config_round_trips_through_yaml(tmp_path):
+    from swd.train.distill import DistillConfig
+
+    cfg = load_config(DistillConfig, None, ["objective=mmd-only", "losses.mmd_sigma_idx=[20, 27]",
+                                            "train.steps=7", "generator.betas=[0.8, 0.95]"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(cfg))
+    again = load_config(DistillConfig, path)
+    assert again == cfg and again.losses.mmd_sigma_idx == (20, 27) and again.generator.betas == (0.8, 0.95)

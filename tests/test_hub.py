@@ -139,7 +139,7 @@ def test_teacher_and_model_folders_by_hub_id_offline(tmp_path, offline_cache):
     `--model` folders resolve through the cache; an uncached id is one line."""
     from types import SimpleNamespace
 
-    from swd.train.commands import _check_teacher_folder
+    from swd.commands.train import _check_teacher_folder
     from swd.train.distill import load_teacher
     from swd.train.validation import load_model_folder
     from tests.models.test_unet import tiny_unet

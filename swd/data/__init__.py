@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 IMAGE_SIZE = 64
 SPLITS = ("train", "heldout")
 HELDOUT_PER_MILLE = 100  # about 10% of concepts are held out
+# Held-out prompt set (what evaluation samples) -> the image set it holds out (what training reads).
+PROMPT_DATA = {"emoji-heldout": "emoji", "shapes": "shapes"}
 
 
 def default_cache_dir() -> Path:
@@ -178,6 +180,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "IMAGE_SIZE",
     "ImageSet",
+    "PROMPT_DATA",
     "concept_split",
     "default_cache_dir",
     "read_image_set",

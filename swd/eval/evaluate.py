@@ -31,14 +31,14 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from swd.data import PROMPT_DATA  # prompt set -> the data it holds out
 from swd.errors import SwdError
 
-PROMPT_DATA = {"emoji-heldout": "emoji", "shapes": "shapes"}  # prompt set -> the data it holds out
 PROMPT_SETS = tuple(PROMPT_DATA)
 TEACHER = "teacher"
 MODEL_SCHEDULE = "model"  # the schedule.yaml saved inside the model folder
@@ -194,7 +194,7 @@ def sample_images(
         sample_scalewise,
         sample_teacher,
     )
-    from swd.train.common import autocast_context
+    from swd.runtime import autocast_context
 
     if batch_size < 1:
         raise SwdError(f"batch_size: must be positive, got {batch_size}")
@@ -368,6 +368,28 @@ class TrainingEvaluation:
         return {**metrics, "sampling_seconds": round(seconds, 3)}
 
 
+def training_evaluation(cfg) -> Callable[..., dict[str, Any]]:
+    """The in-training evaluation of a distillation run (a DistillConfig with `train.eval_every` > 0),
+    for `train_distill(..., evaluation=)`: the testbed's held-out prompts of the run's data.
+
+    Checked now; the prompts, evaluator and reference are prepared on the first call, which only
+    the main process makes.
+    """
+    prompts = next((name for name, data in PROMPT_DATA.items() if data == cfg.data.name), None)
+    if cfg.model.arch != "testbed" or prompts is None:
+        raise SwdError(f"train.eval_every: in-training evaluation scores the pixel-space testbed on its held-out "
+                       f"prompts (data emoji or shapes), not arch {cfg.model.arch} with data {cfg.data.name}; set it to 0")
+    tc, prepared = cfg.train, []
+
+    def evaluate(model, schedule, device="cpu", precision: str = "bf16") -> dict[str, Any]:
+        if not prepared:
+            prepared.append(TrainingEvaluation(prompts, tc.eval_n, seed=tc.seed, text_tokens=cfg.data.text_tokens,
+                                               data_path=cfg.data.path or None))
+        return prepared[0](model, schedule, device, precision)
+
+    return evaluate
+
+
 def evaluate_model(
     model: str | Path | torch.nn.Module,
     schedule: str | None = MODEL_SCHEDULE,
@@ -391,7 +413,7 @@ def evaluate_model(
     "teacher" (multistep Euler with CFG). `out`: a folder for metrics.json and samples.png.
     Returns the metrics with every setting, the seed and the timings.
     """
-    from swd.train.common import pick_device
+    from swd.runtime import pick_device
 
     began = time.perf_counter()
     transformer, folder = load_model(model)

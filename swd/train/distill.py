@@ -510,9 +510,9 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
     real_score: the score DMD matches (velocity interface, CFG applied); default the teacher's
     adapter. The exact testbed passes its analytic denoiser here, while `teacher` (a network
     regressed onto it) seeds the generator and fake model and gives the MMD features.
-    evaluation: `evaluation(model, schedule, device, precision) -> dict` run at step 0, every
-    train.eval_every steps and at the last step (default: the testbed's held-out FD when
-    eval_every > 0).
+    evaluation: `evaluation(model, schedule, device, precision) -> dict`, run by the main process at
+    step 0, every train.eval_every steps and at the last step; needed when eval_every > 0 (the
+    testbed's: `swd.eval.evaluate.training_evaluation(cfg)`, which `swd distill` passes).
     """
     r = prepare_run(cfg, resume, data, teacher, vae, real_score, evaluation)
     tc, schedule, objective, step = r.cfg.train, r.schedule, r.objective, r.step
@@ -613,7 +613,7 @@ def prepare_run(cfg: DistillConfig, resume: bool, data, teacher, vae, real_score
                        f"{teacher_adapter.latent_channels}")
     check_data(data, space, schedule, teacher)
     teacher_adapter.block(lc.feature_block)  # validates the index against the model
-    check_evaluation(cfg, spec, evaluation)
+    check_evaluation(cfg, evaluation)
     if main:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.yaml").write_text(dump_config(cfg))
@@ -666,21 +666,14 @@ def prepare_run(cfg: DistillConfig, resume: bool, data, teacher, vae, real_score
                       objective, generator, fake_trainee, ema, modules, optimizers, step, accelerator)
 
 
-def check_evaluation(cfg: DistillConfig, spec: Optional[ArchSpec], evaluation) -> None:
+def check_evaluation(cfg: DistillConfig, evaluation) -> None:
     tc = cfg.train
     if tc.eval_every < 0 or tc.eval_n < 4:
         raise SwdError(f"train.eval_every / eval_n: need eval_every >= 0 and eval_n >= 4 (precision and recall "
                        f"use 3 neighbours), got {tc.eval_every}, {tc.eval_n}")
-    if tc.eval_every > 0 and evaluation is None and (spec is not None or eval_prompts(cfg) is None):
-        raise SwdError(f"train.eval_every: in-training evaluation scores the pixel-space testbed on its held-out "
-                       f"prompts (data emoji or shapes), not arch {cfg.model.arch} with data {cfg.data.name}; set it to 0")
-
-
-def eval_prompts(cfg: DistillConfig) -> Optional[str]:
-    """The held-out prompt set of the run's data (testbed sets only)."""
-    from swd.eval.evaluate import PROMPT_DATA
-
-    return next((name for name, data in PROMPT_DATA.items() if data == cfg.data.name), None)
+    if tc.eval_every > 0 and evaluation is None:
+        raise SwdError("train.eval_every: in-training evaluation needs an evaluation callback "
+                       "(`swd distill` passes swd.eval.evaluate.training_evaluation(cfg)); or set it to 0")
 
 
 class Reporter:
@@ -692,11 +685,6 @@ class Reporter:
         self.r = r
         self.log_file = open(r.run_dir / "log.jsonl", "a") if r.main else None
         self.board = tensorboard_writer(r.run_dir / "tensorboard") if r.main else None
-        if evaluation is None and r.main and tc.eval_every > 0:
-            from swd.eval.evaluate import TrainingEvaluation
-
-            evaluation = TrainingEvaluation(eval_prompts(r.cfg), tc.eval_n, seed=tc.seed,
-                                            text_tokens=r.cfg.data.text_tokens, data_path=r.cfg.data.path or None)
         self.evaluation = evaluation if r.main and tc.eval_every > 0 else None
         self.eval_seconds = 0.0
         self.started = time.time()

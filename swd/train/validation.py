@@ -15,7 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from swd.errors import SwdError
+from swd.errors import SwdError, is_out_of_memory
 
 MAX_SEED = 2**32 - 1  # numpy's and distill's step_generator (seed * 1_000_003 + ...) limits
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -219,14 +219,6 @@ def load_pretrained(cls, folder: Path, where: str, **kwargs):
             raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SwdError(f"{where}: cannot load a {cls.__name__} from {folder} ({first[:200]})") from None
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    if isinstance(err, MemoryError):
-        return True
-    text = str(err).lower()
-    return isinstance(err, RuntimeError) and ("out of memory" in text or "not enough memory" in text
-                                              or "can't allocate memory" in text)
 
 
 def physical_memory() -> int | None:

@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from swd.data.commands import register
+from swd.commands.data import register
 from swd.errors import SwdError
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from swd.errors import SwdError
-from swd.eval import eval_commands
+from swd.commands import evaluation as eval_commands
 from swd.eval.evaluate import load_prompts, resolve_eval_schedule, text_tokens_of
 from swd.schedules import get_preset
 

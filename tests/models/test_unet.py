@@ -223,7 +223,7 @@ def test_trained_unet_teacher_exports_samples_and_distills_from_its_folder(tmp_p
     both load by their config.json; `swd distill`'s folder check and load_teacher accept them."""
     _minilm()
     from swd.cli import main
-    from swd.train.commands import _check_teacher_folder
+    from swd.commands.train import _check_teacher_folder
     from swd.train.distill import train_distill
     from swd.train.teacher import train_teacher
     from tests.train.test_distill import config

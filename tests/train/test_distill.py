@@ -142,7 +142,7 @@ def test_in_training_evaluation_matches_eval_and_leaves_training_unchanged(tmp_p
 
     if not _emoji_available():
         pytest.skip("emoji set or MiniLM not available")
-    from swd.eval.evaluate import evaluate_model
+    from swd.eval.evaluate import evaluate_model, training_evaluation
 
     def teacher64():  # the evaluator and the Laplacian SWD compare with the 64 px held-out set
         torch.manual_seed(0)
@@ -153,7 +153,7 @@ def test_in_training_evaluation_matches_eval_and_leaves_training_unchanged(tmp_p
     data = synthetic_data(size=64)
     cfg = config(tmp_path, "evald", "swd", steps=3, eval_every=2, eval_n=8)
     cfg.data.name, cfg.schedule = "emoji", str(sched)
-    out = train_distill(cfg, data=data, teacher=teacher64()).export_dir
+    out = train_distill(cfg, data=data, teacher=teacher64(), evaluation=training_evaluation(cfg)).export_dir
     log = [json.loads(line) for line in (tmp_path / "evald" / "log.jsonl").read_text().splitlines()]
     evals = [r for r in log if "eval" in r]
     assert [r["step"] for r in evals] == [0, 2, 3]  # start, every 2, last
@@ -180,7 +180,7 @@ def test_in_training_evaluation_scores_the_ema_that_is_exported(tmp_path):
 
     if not _emoji_available():
         pytest.skip("emoji set or MiniLM not available")
-    from swd.eval.evaluate import evaluate_model
+    from swd.eval.evaluate import evaluate_model, training_evaluation
 
     torch.manual_seed(0)
     teacher = build_testbed_transformer(MMDiTConfig(sample_size=64, patch_size=4, width=32, head_dim=16, depth=1))
@@ -188,7 +188,7 @@ def test_in_training_evaluation_scores_the_ema_that_is_exported(tmp_path):
     ScaleSchedule(scales=[32, 64], sigmas=[1.0, 0.6]).save(sched)
     cfg = config(tmp_path, "ema", "mmd-only", steps=2, eval_every=2, eval_n=6, ema_decay=0.5)
     cfg.data.name, cfg.schedule = "emoji", str(sched)
-    out = train_distill(cfg, data=synthetic_data(size=64), teacher=teacher).export_dir
+    out = train_distill(cfg, data=synthetic_data(size=64), teacher=teacher, evaluation=training_evaluation(cfg)).export_dir
     last = [json.loads(line) for line in (tmp_path / "ema" / "log.jsonl").read_text().splitlines()][-1]
     alone = evaluate_model(out, n=6, seed=0, precision="fp32", device="cpu", progress=False)
     assert last["step"] == 2 and last["eval"]["fd"] == pytest.approx(alone["metrics"]["fd"], rel=1e-6)
@@ -198,13 +198,17 @@ def test_in_training_evaluation_scores_the_ema_that_is_exported(tmp_path):
     ({"eval_every": -1}, "eval_every"),
     ({"eval_every": 1, "eval_n": 3}, "eval_n >= 4"),
     ({"eval_every": 1, "data": "embeddings"}, "held-out"),
+    ({"eval_every": 1}, "evaluation callback"),
 ])
 def test_in_training_evaluation_rejects_bad_settings(tmp_path, change, match):
+    from swd.eval.evaluate import training_evaluation
+
     change = dict(change)
     data_name = change.pop("data", None)
     cfg = config(tmp_path, "bad", "mmd-only", **change)
-    if data_name:
-        cfg.data.name = data_name
     with pytest.raises(SwdError, match=match):
+        if data_name:  # the testbed's evaluation refuses other data (swd distill builds it first)
+            cfg.data.name = data_name
+            training_evaluation(cfg)
         train_distill(cfg, data=synthetic_data(), teacher=tiny_teacher())
     assert not (tmp_path / "bad" / "log.jsonl").exists()  # refused before anything was written

@@ -17,7 +17,7 @@ from swd.data.prompts import ImageSource, encode_prompt_dataset, load_prompt_emb
 from swd.models import TextCondition
 from swd.models.configs import ARCHS
 from swd.schedules import ScaleSchedule
-from swd.train.commands import _cmd_distill
+from swd.commands.train import _cmd_distill
 from swd.train.distill import DistillConfig, make_scale_batch, resolve_config, train_distill
 from swd.train.latents import VaeSpace
 

@@ -1,9 +1,8 @@
 """`swd bench ...`: measurements of sampling cost.
 
-Each bench subcommand is one entry of BENCH_SUBCOMMANDS: a name, a help line and a function that
-adds its arguments to its parser and sets `func(args) -> int`. Add one with `add_bench_subcommand`
-(e.g. `latency`); `register` builds the `bench` group from the table every time the CLI parser
-is built.
+Each bench subcommand is one entry of `bench_subcommands()`: a name, a help line and a function
+that adds its arguments to its parser and sets `func(args) -> int` (`latency` lives in
+`swd.commands.latency`); `register` builds the `bench` group from that table.
 """
 
 from __future__ import annotations
@@ -13,22 +12,22 @@ import json
 import sys
 from typing import Callable
 
+from swd.commands import latency
+
 TEACHER_STEPS_DEFAULT = 28
-
-# name -> (help line, configure(parser)); kept in insertion order for `swd bench --help`.
-BENCH_SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
+FLOPS_HELP = "transformer FLOPs of one sampling run: SwD schedule vs the same steps at full resolution vs the teacher"
 
 
-def add_bench_subcommand(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Register `swd bench NAME`; `configure(parser)` adds its arguments and `set_defaults(func=...)`."""
-    BENCH_SUBCOMMANDS[name] = (help, configure)
+def bench_subcommands() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]]:
+    """name -> (help line, configure(parser)), in the order `swd bench --help` lists them."""
+    return {"flops": (FLOPS_HELP, _configure_flops), "latency": (latency.HELP, latency.configure)}
 
 
 def register(subparsers) -> None:
     bench = subparsers.add_parser("bench", help="measure sampling cost (FLOPs, latency)")
     sub = bench.add_subparsers(dest="bench_command", metavar="BENCH")  # parser class follows `bench`
     sub.required = True
-    for name, (help_line, configure) in BENCH_SUBCOMMANDS.items():
+    for name, (help_line, configure) in bench_subcommands().items():
         configure(sub.add_parser(name, help=help_line, description=help_line))
 
 
@@ -71,13 +70,3 @@ def _configure_flops(p: argparse.ArgumentParser) -> None:
                         "SD3.5 and Wan2.1 yes, FLUX-dev no, its guidance is embedded)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_flops)
-
-
-add_bench_subcommand(
-    "flops",
-    "transformer FLOPs of one sampling run: SwD schedule vs the same steps at full resolution vs the teacher",
-    _configure_flops,
-)
-
-# Registers `swd bench latency` (kept in its own module with the timing code).
-from swd.eval import latency_commands  # noqa: E402,F401

@@ -7,10 +7,10 @@ import json
 import sys
 
 from swd.errors import SwdError
-from swd.eval.bench_commands import add_bench_subcommand
 from swd.train.validation import arg_finite, arg_int_at_least, check_device
 
 REAL_ARCHS = ("sd35-large", "sd35-medium", "flux-dev")
+HELP = "time sampling: teacher vs full-resolution few-step vs SwD (median of repeats)"
 
 
 def _cmd_latency(args) -> int:
@@ -20,7 +20,7 @@ def _cmd_latency(args) -> int:
     from swd.models import adapter_for
     from swd.models.configs import get_arch
     from swd.schedules import resolve_schedule
-    from swd.train.common import pick_device
+    from swd.runtime import pick_device
 
     if (args.arch is None) == (args.model is None):
         raise SwdError("give exactly one of --arch (random weights of a real config) or --model (a saved testbed model)")
@@ -69,7 +69,8 @@ def _cmd_latency(args) -> int:
     return 0
 
 
-def _configure_latency(p: argparse.ArgumentParser) -> None:
+def configure(p: argparse.ArgumentParser) -> None:
+    """The arguments of `swd bench latency` (listed by `swd.commands.bench`)."""
     p.add_argument("--arch", default=None, help=f"random-weight real config: {', '.join(REAL_ARCHS)} (GPU)")
     p.add_argument("--model", default=None, help="saved testbed model folder (CPU or GPU)")
     p.add_argument("--schedules", default=None, help="comma-separated presets/files (default: the arch's or model's)")
@@ -84,7 +85,3 @@ def _configure_latency(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=arg_int_at_least(1), default=5)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_latency)
-
-
-add_bench_subcommand("latency", "time sampling: teacher vs full-resolution few-step vs SwD (median of repeats)",
-                     _configure_latency)

@@ -1,4 +1,4 @@
-"""`swd train-teacher`: pretrain a testbed teacher from a YAML recipe."""
+"""`swd train-teacher`, `swd distill`, `swd export`: run a YAML recipe, or export a teacher checkpoint."""
 
 from __future__ import annotations
 
@@ -60,7 +60,12 @@ def _cmd_distill(args) -> int:
             print("# feature block: the middle of the teacher (depth // 2), known once its weights load")
         return 0
     _check_teacher_folder(cfg)
-    train_distill(cfg, resume=args.resume)
+    evaluation = None
+    if cfg.train.eval_every > 0:
+        from swd.eval.evaluate import training_evaluation
+
+        evaluation = training_evaluation(cfg)
+    train_distill(cfg, resume=args.resume, evaluation=evaluation)
     return 0
 
 

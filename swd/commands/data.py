@@ -51,8 +51,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("--n", type=int, default=None, help="shapes: which built set (default 6000)")
     info.set_defaults(func=info_command)
 
-    from swd.data.prompts import register as register_encode_prompts
-
     register_encode_prompts(commands)  # precomputed SD3/FLUX prompt embeddings for distillation
 
 
@@ -127,4 +125,53 @@ def _print_summary(path: Path) -> int:
     print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
     for key, value in summary.items():
         print(f"  {key}: {json.dumps(value, ensure_ascii=False)}")
+    return 0
+
+
+def register_encode_prompts(commands) -> None:
+    """Add `encode-prompts` under `swd data`."""
+    from swd.data.prompts import DTYPES
+
+    p = commands.add_parser("encode-prompts", help="precompute SD3/FLUX prompt embeddings of a captioned image set")
+    p.add_argument("--pipeline", required=True, help="local diffusers SD3/SD3.5 or FLUX pipeline folder")
+    p.add_argument("--images", required=True,
+                   help="folder of images (sorted by name) or a .npy/.npz uint8 (N, H, W, 3)")
+    p.add_argument("--captions", required=True, help=".txt (one line per image, in order) or .jsonl {file, caption}")
+    p.add_argument("--out", required=True, help="output .safetensors file, or a folder for shards")
+    p.add_argument("--heldout-captions", default=None, help=".txt of prompts for the trainer's sample grids")
+    p.add_argument("--size", type=int, default=None, help="center-crop and resize every image to SIZE x SIZE")
+    p.add_argument("--max-sequence-length", type=int, default=None, help="T5 tokens (SD3 default 256, FLUX 512)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="stored embedding dtype")
+    p.add_argument("--shard-rows", type=int, default=0, help="rows per shard when --out is a folder (0: one shard)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=encode_prompts_command)
+
+
+def encode_prompts_command(args: argparse.Namespace) -> int:
+    """`swd data encode-prompts`: run a pipeline's text encoders once over a captioned image set."""
+    import torch
+
+    from swd.data.prompts import (ImageSource, PipelineTextEncoder, encode_prompt_dataset, load_prompt_embeddings,
+                                  read_captions)
+    from swd.runtime import pick_device
+
+    images = ImageSource(args.images, args.size)
+    captions = read_captions(args.captions, images.names)
+    heldout = [c for c in Path(args.heldout_captions).read_text(encoding="utf-8").splitlines() if c.strip()] \
+        if args.heldout_captions else []
+    device = pick_device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    encoder = PipelineTextEncoder.from_folder(args.pipeline, device, dtype, args.max_sequence_length)
+    try:
+        files = encode_prompt_dataset(
+            args.out, images, captions, encoder, encoder.family, heldout, batch_size=args.batch_size,
+            dtype=args.dtype, shard_rows=args.shard_rows,
+            meta={"pipeline": Path(args.pipeline).name, "max_sequence_length": encoder.max_sequence_length})
+    finally:
+        encoder.close()
+    data = load_prompt_embeddings(args.out)
+    print(f"wrote {len(files)} file(s) under {args.out}: {len(data.train_images)} images "
+          f"{tuple(data.train_images.shape[-2:])}, prompt_embeds (L={data.text_tokens}, D={data.joint_dim}), "
+          f"pooled {data.pooled_dim}, {len(heldout)} held-out prompts ({encoder.family})")
     return 0

@@ -1,0 +1,131 @@
+"""`swd sample` and `swd demo`: a testbed model's images to a PNG grid; teacher beside student.
+
+Thin handlers: arguments are checked here, the work is `swd.demo`'s (load_model, encode_prompts,
+generate).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from swd.demo import DEFAULT_STUDENT, DEFAULT_TEACHER, DEMO_PROMPTS, encode_prompts, generate, load_model
+from swd.errors import SwdError
+from swd.train.validation import check_fits_memory, check_float, check_int, check_output_file, check_seed
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("sample", help="sample a testbed model (teacher or student) to a PNG grid")
+    p.add_argument("--model", required=True, help="saved testbed model folder")
+    p.add_argument("--prompt", action="append", required=True, help="text prompt (repeatable)")
+    p.add_argument("--schedule", default=None,
+                   help="'teacher' (28-step Euler + CFG), a preset, or a schedule file; default: the folder's schedule.yaml, else teacher")
+    p.add_argument("--n", type=int, default=4, help="images per prompt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=4.5, help="CFG scale of the teacher sampler")
+    p.add_argument("--steps", type=int, default=28, help="teacher sampler steps")
+    p.add_argument("--out", default="samples.png")
+    p.set_defaults(func=_cmd_sample)
+
+    d = subparsers.add_parser("demo", help="teacher (28 steps + CFG) beside the SwD student on held-out prompts")
+    d.add_argument("--teacher", default=str(DEFAULT_TEACHER))
+    d.add_argument("--student", default=str(DEFAULT_STUDENT))
+    d.add_argument("--prompt", action="append", default=None,
+                   help="prompt (repeatable); default: 8 held-out shapes captions. For the emoji pair "
+                        "(swd/weights/emoji-*) give emoji prompts, e.g. 'noto style: banana'")
+    d.add_argument("--n", type=int, default=8, help="prompts to use (at most the number given)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--guidance", type=float, default=4.5)
+    d.add_argument("--out", default="demo.png")
+    d.set_defaults(func=_cmd_demo)
+
+
+def _cmd_sample(args) -> int:
+    from swd.images import save_grid
+
+    # Checked in the command, not by argparse types, so that main() returns 2 in-process.
+    check_int(args.n, "--n", 1)
+    check_int(args.steps, "--steps", 1)
+    check_seed(args.seed, "--seed")
+    check_float(args.guidance, "--guidance", 0.0)  # argparse's float takes nan and inf
+    check_output_file(args.out, "--out")
+    model, saved = load_model(args.model)
+    _check_grid_memory(len(args.prompt) * args.n, model.config.sample_size, "--n")
+    schedule = args.schedule or ("saved" if saved is not None else "teacher")
+    cond, uncond = encode_prompts([p for p in args.prompt for _ in range(args.n)])
+    start = time.perf_counter()
+    images = generate(model, schedule, cond, uncond, args.seed, args.guidance, args.steps, saved)
+    seconds = time.perf_counter() - start
+    save_grid(images, args.out, ncol=args.n, labels=[p for p in args.prompt for _ in range(args.n)])
+    print(f"{len(images)} images with schedule {schedule} in {seconds:.2f} s -> {args.out}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from swd.images import save_grid
+
+    check_seed(args.seed, "--seed")
+    check_float(args.guidance, "--guidance", 0.0)
+    pool = args.prompt or DEMO_PROMPTS
+    if not 1 <= args.n <= len(pool):
+        raise SwdError(f"--n: must be between 1 and {len(pool)} (the prompts given), got {args.n}")
+    check_output_file(args.out, "--out")
+    teacher, _ = load_model(args.teacher, "--teacher")
+    student, schedule = load_model(args.student, "--student")
+    if schedule is None:
+        raise SwdError(f"--student: {args.student} has no schedule.yaml (a distilled student folder has one)")
+    prompts = list(pool[: args.n])
+    cond, uncond = encode_prompts(prompts)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    # One warm-up call each so the timings below measure sampling, not first-call set-up.
+    generate(teacher, "teacher", _first(cond), _first(uncond), 0, teacher_steps=2)
+    generate(teacher, "saved", _first(cond), uncond, 0, saved_schedule=schedule)
+    generate(student, "saved", _first(cond), uncond, 0, saved_schedule=schedule)
+    timings = {}
+    start = time.perf_counter()
+    teacher_images = generate(teacher, "teacher", cond, uncond, args.seed, args.guidance, 28)
+    timings["teacher"] = time.perf_counter() - start
+    # The teacher in the student's own scale-wise steps, undistilled: what distillation adds.
+    start = time.perf_counter()
+    plain_images = generate(teacher, "saved", cond, uncond, args.seed, saved_schedule=schedule)
+    timings["undistilled"] = time.perf_counter() - start
+    start = time.perf_counter()
+    student_images = generate(student, "saved", cond, uncond, args.seed, saved_schedule=schedule)
+    timings["student"] = time.perf_counter() - start
+    grid = torch.cat([teacher_images, plain_images, student_images])
+    scales = "->".join(str(s[0]) for s in schedule.scales)
+    save_grid(grid, args.out, ncol=len(prompts), labels=prompts + [""] * (2 * len(prompts)),
+              scale=max(2, 128 // grid.shape[-1]),  # 32 px images get 128 px cells, room for their captions
+              row_titles=[f"teacher 28 steps CFG {args.guidance}", f"teacher, {schedule.steps} scale-wise steps, undistilled",
+                          f"SwD student {schedule.steps} steps {scales} px"])
+    from swd.eval.flops import model_sampling_flops
+
+    n, size = len(prompts), teacher.config.sample_size
+    tokens = cond.prompt_embeds.shape[1]
+    gflops = {"teacher": model_sampling_flops(teacher, None, tokens, 28, args.guidance) / 1e9,
+              "undistilled": model_sampling_flops(teacher, schedule, tokens) / 1e9,
+              "student": model_sampling_flops(student, schedule, tokens) / 1e9}
+    print(f"teacher (28 Euler steps, CFG {args.guidance}, {56 if args.guidance != 1 else 28} forwards at {size} px): "
+          f"{timings['teacher']:.2f} s for {n} images ({timings['teacher'] / n * 1000:.0f} ms/image, "
+          f"{gflops['teacher']:.2f} GFLOPs/image)")
+    print(f"teacher undistilled in the student's {schedule.steps} steps ({scales} px): {timings['undistilled']:.2f} s "
+          f"({gflops['undistilled']:.2f} GFLOPs/image)")
+    print(f"SwD student ({schedule.steps} steps, {scales} px): {timings['student']:.2f} s for {n} images "
+          f"({timings['student'] / n * 1000:.0f} ms/image, {gflops['student']:.2f} GFLOPs/image); "
+          f"speed-up {timings['teacher'] / timings['student']:.1f}x")
+    print(f"grid: {args.out} (rows: teacher, undistilled teacher in {schedule.steps} steps, SwD student)")
+    return 0
+
+
+def _check_grid_memory(images: int, size: int, where: str) -> None:
+    """All images are sampled in one batch and pasted into one grid: refuse sizes that cannot fit."""
+    # float32 images, a few same-sized sampler buffers, and the 2x-upscaled RGB grid canvas
+    per_image = 3 * size * size * 4 * 6 + 3 * (2 * size + 4) ** 2
+    check_fits_memory(images * per_image, where, f"{images} images of {size} px in one grid")
+
+
+def _first(cond):
+    from swd.models import TextCondition
+
+    return TextCondition(cond.prompt_embeds[:1], cond.pooled[:1])
