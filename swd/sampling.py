@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from swd.errors import SwdError
 from swd.models.base import TextCondition
-from swd.processes import DDPM_PREDICTIONS, FLOW, DDPMProcess, FlowProcess, process_from_scheduler_config, sdxl_process
+# FLOW is the default process; the others are re-exported so samplers and their processes import together.
+from swd.processes import FLOW, DDPMProcess, process_from_scheduler_config, sdxl_process  # noqa: F401
 from swd.schedules import ScaleSchedule, flow_sigmas
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

