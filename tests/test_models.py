@@ -98,15 +98,6 @@ def test_condition_broadcast_and_repeat():
         TextCondition(torch.randn(2, 3), torch.randn(2, 4))
 
 
-def test_cuda_graph_adapter_needs_cuda(sd3_adapter):
-    from swd.models.graphs import CudaGraphAdapter
-
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    with pytest.raises(SwdError, match="need a CUDA device"):
-        CudaGraphAdapter(sd3_adapter)
-
-
 @pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
 def test_build_in_a_dtype_creates_the_weights_in_it_and_restores_the_default(name):
     from swd.models.configs import ARCHS

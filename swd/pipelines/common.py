@@ -8,6 +8,8 @@ sampling path of the project, and the image size follows the schedule's last sca
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from swd.errors import SwdError
@@ -191,6 +193,11 @@ def check_common(
             )
 
 
+def _same_model(a, b) -> bool:
+    """Two adapters over the same transformer with the same settings (FLUX: embedded guidance)."""
+    return a.transformer is b.transformer and getattr(a, "guidance", None) == getattr(b, "guidance", None)
+
+
 def _describe(value) -> str:
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {tuple(value.shape)}"
@@ -217,25 +224,37 @@ class ScaleWisePipelineMixin:
         cond = TextCondition(prompt_embeds.to(device, dtype), pooled.to(device, dtype))
         return cond.repeat(num_images_per_prompt)
 
-    def enable_cuda_graphs(self, enabled: bool = True) -> None:
-        """Replay one captured CUDA graph per scale (GPU only): low-resolution steps stop being
-        launch-bound. Captures happen on the first call at each size and are kept."""
-        self._cuda_graphs = bool(enabled)
+    def compile(self, enabled: bool = True, mode: Optional[str] = None):
+        """Sample through `torch.compile` with one static graph per scale (the fast path).
 
-    def graphed_adapter(self, adapter, device):
-        """The adapter itself, or its CUDA-graph wrapper when enabled and on a CUDA device."""
-        if not getattr(self, "_cuda_graphs", False):
+        The first call at each scale (and batch size) compiles; its wall time goes to
+        `compile_seconds`, so it can be reported apart from per-image time. mode: torch.compile's
+        mode; default 'reduce-overhead' on CUDA (CUDA graphs captured by torch), inductor's
+        default on the CPU. `compile(False)` returns to eager. Returns the pipeline.
+        """
+        self._compile = bool(enabled)
+        self._compile_mode = mode
+        self._compiled = None
+        return self
+
+    @property
+    def compile_seconds(self) -> dict[str, float]:
+        """Wall seconds of the first call at each latent size ('BxHxW'), i.e. compilation; {} if eager."""
+        from swd.models.compiled import compile_seconds_by_size
+
+        compiled = getattr(self, "_compiled", None)
+        return compile_seconds_by_size(compiled) if compiled is not None else {}
+
+    def fast_adapter(self, adapter, device):
+        """The adapter itself, or its compiled wrapper after `compile()` (kept across calls, so
+        each shape compiles once)."""
+        if not getattr(self, "_compile", False):
             return adapter
-        if torch.device(device).type != "cuda":
-            import warnings
+        from swd.models.compiled import CompiledAdapter
 
-            warnings.warn("enable_cuda_graphs: not on a CUDA device; running eagerly", stacklevel=3)
-            return adapter
-        from swd.models.graphs import CudaGraphAdapter
-
-        cached = getattr(self, "_graphed", None)
-        if cached is None or cached.adapter.transformer is not adapter.transformer:
-            cached = self._graphed = CudaGraphAdapter(adapter)
+        cached = getattr(self, "_compiled", None)
+        if cached is None or not _same_model(cached.adapter, adapter):
+            cached = self._compiled = CompiledAdapter(adapter, device, getattr(self, "_compile_mode", None))
         return cached
 
     def _sample(self, denoiser, adapter, schedule, batch, generator, device, dtype, latents, upsample_mode, callback):

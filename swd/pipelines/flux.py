@@ -205,7 +205,7 @@ class SwDFluxPipeline(ScaleWisePipelineMixin, FluxPipeline):
 
         # 2. Scale-wise sampling on unpacked latents; the adapter packs them for the transformer.
         x0 = self._sample(
-            conditioned(self.graphed_adapter(adapter, device), cond), adapter, schedule, cond.batch_size, generator, device, dtype, latents,
+            conditioned(self.fast_adapter(adapter, device), cond), adapter, schedule, cond.batch_size, generator, device, dtype, latents,
             upsample_mode, callback,
         )
 

@@ -284,9 +284,9 @@ class SwDStableDiffusion3Pipeline(ScaleWisePipelineMixin, StableDiffusion3Pipeli
             uncond = self._condition(
                 negative_prompt_embeds, negative_pooled_prompt_embeds, num_images_per_prompt, device, dtype
             )
-            denoiser = guided(self.graphed_adapter(adapter, device), cond, uncond, float(guidance_scale))
+            denoiser = guided(self.fast_adapter(adapter, device), cond, uncond, float(guidance_scale))
         else:
-            denoiser = conditioned(self.graphed_adapter(adapter, device), cond)
+            denoiser = conditioned(self.fast_adapter(adapter, device), cond)
 
         # 3. Scale-wise sampling from noise at the first scale to x0 at the last.
         x0 = self._sample(

@@ -192,20 +192,3 @@ def test_without_text_encoders_embeddings_are_required():
     with pytest.raises(SwdError, match="guidance_scale > 1 needs negative embeddings"):
         bare(prompt_embeds=pe, pooled_prompt_embeds=pp, guidance_scale=3.0, schedule=TINY_SCHEDULE)
     assert run(bare, prompt_embeds=pe, pooled_prompt_embeds=pp).shape == (1, 4, 24, 24)
-
-
-def test_cuda_graphs_flag_falls_back_on_cpu():
-    import warnings
-
-    import torch
-
-    from swd.pipelines.common import ScaleWisePipelineMixin
-
-    pipe = ScaleWisePipelineMixin()
-    adapter = object()
-    assert pipe.graphed_adapter(adapter, "cpu") is adapter  # off by default
-    pipe.enable_cuda_graphs(True)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert pipe.graphed_adapter(adapter, torch.device("cpu")) is adapter
-    assert any("not on a CUDA device" in str(w.message) for w in caught)
