@@ -61,13 +61,15 @@ def encode_prompts(prompts: list[str], max_length: int = 16):
 
 @torch.no_grad()
 def generate(model, schedule_name: str, cond, uncond, seed: int, guidance: float = 4.5, teacher_steps: int = 28,
-             saved_schedule=None) -> torch.Tensor:
-    """Images in [-1, 1]: `teacher` = Euler + CFG on the shift-3 grid, else a scale-wise schedule."""
+             saved_schedule=None, adapter=None) -> torch.Tensor:
+    """Images in [-1, 1]: `teacher` = Euler + CFG on the shift-3 grid, else a scale-wise schedule.
+
+    adapter: what runs the model (e.g. a `CompiledAdapter` kept across calls); default its adapter."""
     from swd.models import adapter_for
     from swd.sampling import conditioned, guided, make_generator, sample_scalewise, sample_teacher
     from swd.schedules import resolve_schedule
 
-    adapter = adapter_for(model)
+    adapter = adapter if adapter is not None else adapter_for(model)
     n = cond.batch_size
     size = model.config.sample_size
     if schedule_name == "teacher":

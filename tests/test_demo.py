@@ -50,6 +50,7 @@ def test_sample_is_reproducible(tiny_models, tmp_path):
         (["--n", "0"], "--n"),
         (["--schedule", "testbed-4"], "exceeds"),  # 64 px scales on a 16 px model
         (["--schedule", "no-such-preset"], "unknown preset"),
+        (["--threads", "0"], "--threads"),
     ],
 )
 def test_sample_bad_input_one_line(tiny_models, tmp_path, capsys, extra, message):
@@ -63,3 +64,25 @@ def test_sample_bad_input_one_line(tiny_models, tmp_path, capsys, extra, message
 def test_sample_missing_model(tmp_path, capsys):
     assert main(["sample", "--model", str(tmp_path / "nope"), "--prompt", "x"]) == 2
     assert "not a saved diffusers model folder" in capsys.readouterr().err
+
+
+def test_sample_compiled_matches_eager_and_reports_compile_time(tiny_models, tmp_path, capsys, monkeypatch):
+    """--compile: one graph per scale, compiled by a first run timed apart; the image is the eager one
+    up to 8-bit rounding. Dynamo traces for real, but with the aot_eager backend: inductor's C++
+    compilation of this model would cost CI a minute, and tests/pipelines/test_compile.py checks it."""
+    import numpy as np
+
+    compile_for_real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compile_for_real(model, **{**kw, "backend": "aot_eager"}))
+    _, student = tiny_models
+    schedule = tmp_path / "two.yaml"
+    ScaleSchedule(scales=[8, 16], sigmas=[1.0, 0.7], name="two").save(schedule)
+    eager, compiled = tmp_path / "eager.png", tmp_path / "compiled.png"
+    common = ["sample", "--model", str(student), "--prompt", "a cross", "--n", "1", "--schedule", str(schedule)]
+    assert main([*common, "--out", str(eager)]) == 0
+    assert "on 1 thread(s)" in capsys.readouterr().out  # batch 1 defaults to one thread
+    assert main([*common, "--out", str(compiled), "--compile", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "compiled first:" in printed and "1x8x8:" in printed and "1x16x16:" in printed
+    a, b = (np.asarray(Image.open(p), dtype=int) for p in (eager, compiled))
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1

@@ -14,6 +14,11 @@ from swd.demo import DEFAULT_STUDENT, DEFAULT_TEACHER, DEMO_PROMPTS, encode_prom
 from swd.errors import SwdError
 from swd.train.validation import check_fits_memory, check_float, check_int, check_output_file, check_seed
 
+# Small forwards pay for intra-op threading more than they gain (docs/RESULTS.md, "CPU latency"):
+# runs of at most SMALL_BATCH images default to SMALL_BATCH_THREADS thread(s); --threads overrides.
+SMALL_BATCH = 1
+SMALL_BATCH_THREADS = 1
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("sample", help="sample a testbed model (teacher or student) to a PNG grid")
@@ -26,6 +31,10 @@ def register(subparsers) -> None:
     p.add_argument("--guidance", type=float, default=4.5, help="CFG scale of the teacher sampler")
     p.add_argument("--steps", type=int, default=28, help="teacher sampler steps")
     p.add_argument("--out", default="samples.png")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile, one static graph per scale (compiled by a first run, timed apart)")
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"torch threads (default: {SMALL_BATCH_THREADS} for up to {SMALL_BATCH} images, else torch's)")
     p.set_defaults(func=_cmd_sample)
 
     d = subparsers.add_parser("demo", help="teacher (28 steps + CFG) beside the SwD student on held-out prompts")
@@ -38,6 +47,8 @@ def register(subparsers) -> None:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--guidance", type=float, default=4.5)
     d.add_argument("--out", default="demo.png")
+    d.add_argument("--threads", type=int, default=None,
+                   help=f"torch threads (default: {SMALL_BATCH_THREADS} for up to {SMALL_BATCH} prompts, else torch's)")
     d.set_defaults(func=_cmd_demo)
 
 
@@ -54,12 +65,33 @@ def _cmd_sample(args) -> int:
     _check_grid_memory(len(args.prompt) * args.n, model.config.sample_size, "--n")
     schedule = args.schedule or ("saved" if saved is not None else "teacher")
     cond, uncond = encode_prompts([p for p in args.prompt for _ in range(args.n)])
+    set_threads(args.threads, cond.batch_size)
+    adapter, compile_note = None, ""
+    if args.compile:
+        from swd.models import adapter_for
+        from swd.models.compiled import CompiledAdapter, compile_seconds_by_size
+
+        # A first run compiles one graph per scale at this batch size; it is timed apart.
+        adapter = CompiledAdapter(adapter_for(model), "cpu")
+        generate(model, schedule, cond, uncond, args.seed, args.guidance, args.steps, saved, adapter=adapter)
+        per_size = ", ".join(f"{k}: {v:.1f}" for k, v in compile_seconds_by_size(adapter).items())
+        compile_note = f" (compiled first: {adapter.total_compile_seconds():.1f} s; {per_size})"
     start = time.perf_counter()
-    images = generate(model, schedule, cond, uncond, args.seed, args.guidance, args.steps, saved)
+    images = generate(model, schedule, cond, uncond, args.seed, args.guidance, args.steps, saved, adapter=adapter)
     seconds = time.perf_counter() - start
     save_grid(images, args.out, ncol=args.n, labels=[p for p in args.prompt for _ in range(args.n)])
-    print(f"{len(images)} images with schedule {schedule} in {seconds:.2f} s -> {args.out}")
+    print(f"{len(images)} images with schedule {schedule} in {seconds:.2f} s on {torch.get_num_threads()} "
+          f"thread(s){compile_note} -> {args.out}")
     return 0
+
+
+def set_threads(threads: int | None, batch: int) -> None:
+    """torch's intra-op threads: as given, else SMALL_BATCH_THREADS for small batches (see the constant)."""
+    if threads is not None:
+        check_int(threads, "--threads", 1)
+        torch.set_num_threads(threads)
+    elif batch <= SMALL_BATCH:
+        torch.set_num_threads(min(torch.get_num_threads(), SMALL_BATCH_THREADS))
 
 
 def _cmd_demo(args) -> int:
@@ -77,7 +109,7 @@ def _cmd_demo(args) -> int:
         raise SwdError(f"--student: {args.student} has no schedule.yaml (a distilled student folder has one)")
     prompts = list(pool[: args.n])
     cond, uncond = encode_prompts(prompts)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    set_threads(args.threads, len(prompts))
     # One warm-up call each so the timings below measure sampling, not first-call set-up.
     generate(teacher, "teacher", _first(cond), _first(uncond), 0, teacher_steps=2)
     generate(teacher, "saved", _first(cond), uncond, 0, saved_schedule=schedule)
