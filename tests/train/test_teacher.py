@@ -139,3 +139,23 @@ def test_configs_without_arch_still_build_the_mmdit():
     assert type(cfg.model).__name__ == "MMDiTConfig" and "arch" not in to_dict(cfg)["model"]
     with pytest.raises(SwdError, match="model.arch"):
         from_dict(TeacherConfig, {"model": {"arch": "resnet"}})
+
+
+def test_compiled_training_matches_eager(tmp_path, monkeypatch):
+    """train.compile: the same weights as eager training to float rounding, the same exported keys.
+
+    Dynamo traces forward and backward for real, with the aot_eager backend (inductor's C++ build
+    of two graphs would cost CI minutes; tests/pipelines/test_compile.py covers inductor)."""
+    compile_for_real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compile_for_real(model, **{**kw, "backend": "aot_eager"}))
+    data = synthetic_data()
+    cfg = tiny_config(tmp_path / "eager", 3)
+    cfg.train.scales = [8, 16]
+    eager = train_teacher(cfg, data=data)
+    cfg.run_dir, cfg.train.compile = str(tmp_path / "compiled"), True
+    compiled = train_teacher(cfg, data=data)
+    a = load_file(str(eager / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(compiled / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
