@@ -146,3 +146,23 @@ def test_all_presets_are_valid_and_json_serialisable():
         assert s.name == name
         json.dumps(s.to_dict())
         assert s.steps == len(s.sigmas)
+
+
+def test_swd_schedules_names_the_authors_checkpoint_of_each_preset(capsys):
+    import json
+
+    from swd.cli import main
+    from swd.schedules import CHECKPOINTS
+
+    assert set(CHECKPOINTS) <= set(PRESETS)
+    assert main(["schedules", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    expected = {"sd35-large-4": "yresearch/swd-large-4-steps", "sd35-large-6": "yresearch/swd-large-6-steps",
+                "sd35-medium-4": "yresearch/swd-medium-4-steps", "sd35-medium-6": "yresearch/swd-medium-6-steps",
+                "flux-4": "yresearch/swd_flux", "sdxl-4": "yresearch/swd-sdxl", "testbed-4": None}
+    assert {name: rows[name]["checkpoint"] for name in expected} == expected
+    # The 6-step presets: the authors' README scales and sigmas (Large 6-step from its first version).
+    for name in ("sd35-large-6", "sd35-medium-6"):
+        assert [h for h, _ in PRESETS[name].scales] == [32, 48, 64, 80, 96, 128]
+        assert [round(s, 4) for s in PRESETS[name].sigmas] == [1.0, 0.9454, 0.8959, 0.7904, 0.7371, 0.6022]
+    assert PRESETS["sdxl-4"].sigmas == (1.0, 0.8, 0.6, 0.4)
