@@ -33,6 +33,11 @@ RUNS = [
     ("dmd-only", "dmd-only", 160, DMD_FIXED),
     ("swd", "swd", 160, DMD_FIXED),
     ("dmd2-full", "dmd2-full", 160, DMD_FIXED),
+    # Five times longer: where the traces of the 160-step runs, still falling, level off.
+    ("swd-800", "swd", 800, DMD_FIXED),
+    ("dmd-only-800", "dmd-only", 800, DMD_FIXED),
+    # Off-subspace energy grows in both long runs; DMD sees the 0.04 floor only at its lowest sigmas.
+    ("dmd-only-low-sigma", "dmd-only", 300, {**DMD_FIXED, "losses.dmd_sigma_idx": [22, 27]}),
     # The collapse, reproduced: the old CPU preset's 2 fake updates at the generator's learning rate.
     ("dmd-only-old-preset", "dmd-only", 120, {"train.fake_updates": 2, "generator.lr": 1e-4, "fake.lr": 1e-4}),
     ("dmd-only-equal-lr-5-updates", "dmd-only", 120, {"train.fake_updates": 5, "generator.lr": 3e-5,

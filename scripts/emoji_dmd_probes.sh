@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Probes of the emoji DMD collapse (issue 10): short dmd-only runs from the shipped emoji teacher,
+# held-out FD (128 prompts) every 13 steps, one thread each. Usage: bash scripts/emoji_dmd_probes.sh NAME...
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+base=(--config configs/testbed/swd-emoji-cpu.yaml --set objective=dmd-only --set train.max_minutes=0
+      --set train.eval_every=13 --set train.eval_n=128)
+for name in "$@"; do
+  case $name in
+    gen-lr-1e-5) extra=(--set generator.lr=1.0e-5) ;;
+    dmd-high-sigma) extra=(--set "losses.dmd_sigma_idx=[0,11]") ;;
+    fake-lr-2e-3) extra=(--set fake.lr=2.0e-3) ;;
+    no-cfg-gen-lr-1e-5) extra=(--set generator.lr=1.0e-5 --set losses.teacher_cfg=1.0) ;;
+    *) echo "unknown probe $name" >&2; exit 2 ;;
+  esac
+  OMP_NUM_THREADS=1 $PY -m swd.cli distill "${base[@]}" --set train.steps=${STEPS:-52} \
+    --set run_dir=runs/emoji-dmd-probe/$name "${extra[@]}"
+done
