@@ -8,9 +8,6 @@ base=(--config configs/testbed/swd-emoji-cpu.yaml --set objective=dmd-only --set
 for name in "$@"; do
   case $name in
     gen-lr-1e-5) extra=(--set generator.lr=1.0e-5) ;;
-    dmd-high-sigma) extra=(--set "losses.dmd_sigma_idx=[0,11]") ;;
-    fake-lr-2e-3) extra=(--set fake.lr=2.0e-3) ;;
-    no-cfg-gen-lr-1e-5) extra=(--set generator.lr=1.0e-5 --set losses.teacher_cfg=1.0) ;;
     *) echo "unknown probe $name" >&2; exit 2 ;;
   esac
   OMP_NUM_THREADS=1 $PY -m swd.cli distill "${base[@]}" --set train.steps=${STEPS:-52} \
