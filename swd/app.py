@@ -132,7 +132,7 @@ def teacher_of(student_dir: Path) -> Path | None:
 def load_models(student: str | Path | None = None, teacher: str | Path | None = None) -> Models:
     """The student folder (config.json + schedule.yaml) and its teacher: `teacher`, else the one its
     distill-config.yaml names, else the shipped testbed teacher."""
-    from swd.demo import load_model
+    from swd.demo import load_with_schedule
 
     from swd.hub import model_folder
 
@@ -147,10 +147,10 @@ def load_models(student: str | Path | None = None, teacher: str | Path | None = 
         teacher_dir = teacher_of(student_dir) or default_teacher
     if not teacher_dir.exists():
         raise SwdError(f"--teacher: {teacher_dir} does not exist")
-    student_model, schedule = load_model(student_dir, "--model")
+    student_model, schedule = load_with_schedule(student_dir, "--model")
     if schedule is None:
         raise SwdError(f"--model: {student_dir} has no schedule.yaml (a distilled SwD student folder has one)")
-    teacher_model, _ = load_model(teacher_dir, "--teacher")
+    teacher_model, _ = load_with_schedule(teacher_dir, "--teacher")
     from swd.models import adapter_for
 
     for name, model in (("--teacher", teacher_model), ("--model", student_model)):
@@ -222,7 +222,7 @@ def compare(models: Models, prompt: str, seed: int = 0, n: int = 2, guidance: fl
     """Sample the three rows for one prompt and seed (all rows draw their noise from `seed`)."""
     from swd.demo import encode_prompts
     from swd.models import TextCondition, adapter_for
-    from swd.sampling import conditioned, guided, make_generator, sample_scalewise, sample_teacher
+    from swd.sampling import TeacherSampler, make_generator, sample
 
     prompt, note = check_prompt(prompt, models.tokenizer, models.text_tokens)
     seed, n, guidance, teacher_steps = _check_settings(seed, n, guidance, teacher_steps)
@@ -244,16 +244,15 @@ def compare(models: Models, prompt: str, seed: int = 0, n: int = 2, guidance: fl
     rows = []
     report(0.0, "teacher")
     start = time.perf_counter()
-    x = sample_teacher(guided(teacher, cond, uncond, guidance), (size, size), n, teacher.latent_channels,
-                       steps=teacher_steps, generator=make_generator(seed), callback=tick("teacher"))
+    x = sample(teacher, TeacherSampler(teacher_steps, guidance), cond, uncond, make_generator(seed), size=(size, size),
+               callback=tick("teacher"))
     seconds = time.perf_counter() - start
     cfg = f" + CFG {guidance:g}" if guidance != 1.0 else ""
     rows.append(Row("teacher", f"Teacher, {teacher_steps} steps{cfg}", _to_pil(x.clamp(-1, 1)), seconds,
                     models.flops("teacher", guidance, teacher_steps)))
 
     start = time.perf_counter()
-    x = sample_scalewise(conditioned(teacher, cond), schedule, n, teacher.latent_channels,
-                         generator=make_generator(seed), callback=tick("teacher, scale-wise"))
+    x = sample(teacher, schedule, cond, generator=make_generator(seed), callback=tick("teacher, scale-wise"))
     seconds = time.perf_counter() - start
     rows.append(Row("teacher-scalewise", f"Teacher in the student's {schedule.steps} scale-wise steps "
                     f"({scales} px), not distilled", _to_pil(x.clamp(-1, 1)), seconds,
@@ -266,8 +265,7 @@ def compare(models: Models, prompt: str, seed: int = 0, n: int = 2, guidance: fl
         tick("student")(step)
 
     start = time.perf_counter()
-    x = sample_scalewise(conditioned(student, cond), schedule, n, student.latent_channels,
-                         generator=make_generator(seed), callback=keep)
+    x = sample(student, schedule, cond, generator=make_generator(seed), callback=keep)
     seconds = time.perf_counter() - start  # includes the copies of x0 kept for the page (tiny)
     rows.append(Row("student", f"SwD student, {schedule.steps} steps ({scales} px)", _to_pil(x.clamp(-1, 1)),
                     seconds, models.flops("student", 1.0, teacher_steps)))

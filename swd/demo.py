@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 from swd.errors import SwdError
-from swd.train.validation import load_model_folder
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 # The shapes UNet pair: the CPU-trained testbed whose teacher draws recognisable shapes
@@ -33,16 +32,14 @@ DEMO_PROMPTS = [
 ]
 
 
-def load_model(path: str | Path, where: str = "--model"):
-    """A saved testbed model (diffusers folder: SD3 transformer or UNet, by its config.json) and
-    the schedule saved beside it, if any."""
-    from swd.schedules import ScaleSchedule
+def load_with_schedule(path: str | Path, where: str = "--model"):
+    """A saved testbed model in eval mode (`swd.eval.evaluate.load_model`, the one loader) and the
+    schedule saved beside it, if any."""
+    from swd.eval.evaluate import load_model, saved_schedule
 
     # A pixel-space testbed folder with safetensors is checked before diffusers sees it.
-    model, path = load_model_folder(path, where)
-    model = model.eval()
-    schedule = ScaleSchedule.load(path / "schedule.yaml") if (path / "schedule.yaml").is_file() else None
-    return model, schedule
+    model, folder = load_model(path, where, what="saved diffusers model folder")
+    return model.eval(), saved_schedule(folder)
 
 
 def encode_prompts(prompts: list[str], max_length: int = 16):
@@ -66,20 +63,16 @@ def generate(model, schedule_name: str, cond, uncond, seed: int, guidance: float
 
     adapter: what runs the model (e.g. a `CompiledAdapter` kept across calls); default its adapter."""
     from swd.models import adapter_for
-    from swd.sampling import conditioned, guided, make_generator, sample_scalewise, sample_teacher
+    from swd.sampling import TeacherSampler, make_generator, sample
     from swd.schedules import resolve_schedule
 
     adapter = adapter if adapter is not None else adapter_for(model)
-    n = cond.batch_size
     size = model.config.sample_size
     if schedule_name == "teacher":
-        x = sample_teacher(guided(adapter, cond, uncond, guidance), (size, size), n, adapter.latent_channels,
-                           steps=teacher_steps, generator=make_generator(seed))
+        spec = TeacherSampler(teacher_steps, guidance)
     else:
-        schedule = saved_schedule if schedule_name == "saved" else resolve_schedule(schedule_name)
-        if schedule is None:
+        spec = saved_schedule if schedule_name == "saved" else resolve_schedule(schedule_name)
+        if spec is None:
             raise SwdError("schedule: the model folder has no schedule.yaml; name a preset with --schedule")
-        schedule.check_model(adapter.patch_size, adapter.max_latent_size)
-        x = sample_scalewise(conditioned(adapter, cond), schedule, n, adapter.latent_channels,
-                             generator=make_generator(seed))
-    return x.clamp(-1, 1)
+        spec.check_model(adapter.patch_size, adapter.max_latent_size)
+    return sample(adapter, spec, cond, uncond, make_generator(seed), size=(size, size)).clamp(-1, 1)

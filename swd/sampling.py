@@ -16,6 +16,7 @@ seed gives the same samples on every device.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
 import torch
@@ -269,3 +270,34 @@ def sample_teacher(
     """The teacher's multistep Euler sampler on the shifted flow grid (pair with `guided`)."""
     noise = randn((batch_size, channels, *size), generator, device, dtype)
     return sample_euler(denoiser, flow_sigmas(steps, shift), noise, callback=callback)
+
+
+@dataclass(frozen=True)
+class TeacherSampler:
+    """The teacher's sampler as a spec: `steps` Euler steps on the shift-`shift` flow grid, CFG `guidance`.
+
+    With `sample`, a spec is this or a ScaleSchedule (scale-wise steps, no CFG): the one way
+    callers say which sampler they want.
+    """
+
+    steps: int = 28
+    guidance: float = 4.5
+    shift: float = 3.0
+
+
+def sample(adapter, spec: TeacherSampler | ScaleSchedule, cond: TextCondition, uncond: TextCondition | None = None,
+           generator: Optional[torch.Generator] = None, device=None, size: tuple[int, int] | None = None,
+           **kwargs) -> torch.Tensor:
+    """x0 (B, C, H, W) of an adapter's samples for the prompts `cond` with the sampler `spec`.
+
+    TeacherSampler: Euler + CFG (`uncond` the unconditional prompt) at `size` (default the
+    model's sample size). ScaleSchedule: `sample_scalewise` with the adapter's forward process.
+    Other keyword arguments (callback, dtype, time_mode, ...) go to the sampler.
+    """
+    batch = cond.batch_size
+    if isinstance(spec, TeacherSampler):
+        size = size or (adapter.config.sample_size,) * 2
+        return sample_teacher(guided(adapter, cond, uncond, spec.guidance), size, batch, adapter.latent_channels,
+                              steps=spec.steps, shift=spec.shift, generator=generator, device=device, **kwargs)
+    return sample_scalewise(conditioned(adapter, cond), spec, batch, adapter.latent_channels, generator=generator,
+                            device=device, process=getattr(adapter, "process", None), **kwargs)

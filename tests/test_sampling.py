@@ -160,3 +160,23 @@ def test_upsample_modes_and_errors():
 def test_bad_seed(seed):
     with pytest.raises(SwdError, match="seed"):
         make_generator(seed)
+
+
+@torch.no_grad()
+def test_one_sample_call_for_either_spec(sd3_adapter, cond2):
+    """`sample(adapter, spec)`: a TeacherSampler is the teacher's Euler + CFG sampler, a ScaleSchedule
+    the scale-wise one; the same numbers as calling those samplers directly (both are checked
+    against diffusers above)."""
+    from swd.sampling import TeacherSampler, sample
+
+    uncond = make_cond(1, seed=3)
+    teacher = sample(sd3_adapter, TeacherSampler(steps=5, guidance=2.5, shift=2.0), cond2, uncond,
+                     make_generator(3), size=(16, 16))
+    direct = sample_teacher(guided(sd3_adapter, cond2, uncond, 2.5), (16, 16), 2, sd3_adapter.latent_channels, steps=5,
+                            shift=2.0, generator=make_generator(3))
+    assert torch.equal(teacher, direct)
+    default_size = sample(sd3_adapter, TeacherSampler(steps=2), cond2, uncond, make_generator(0))
+    assert default_size.shape[-2:] == (sd3_adapter.config.sample_size,) * 2
+    scalewise = sample(sd3_adapter, SCHEDULE, cond2, generator=make_generator(7))
+    assert torch.equal(scalewise, sample_scalewise(conditioned(sd3_adapter, cond2), SCHEDULE, 2,
+                                                   sd3_adapter.latent_channels, generator=make_generator(7)))

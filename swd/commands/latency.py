@@ -95,9 +95,9 @@ def _cmd_latency(args) -> int:
         cfg = args.teacher_cfg if args.teacher_cfg is not None else arch.teacher_cfg
         title = f"{arch.name}, {args.dtype}, transformer only, on {device}"
     else:
-        from swd.demo import encode_prompts, load_model
+        from swd.demo import encode_prompts, load_with_schedule
 
-        model, saved = load_model(args.model)  # checks the folder: pixel-space SD3 or UNet, safetensors
+        model, saved = load_with_schedule(args.model)  # checks the folder: pixel-space SD3 or UNet, safetensors
         # nn.Module.to: diffusers' own .to warns about fp32-kept modules (SD3 has none).
         model = torch.nn.Module.to(model, device, dtype)
         adapter = adapter_for(model)

@@ -1,7 +1,7 @@
 """`swd sample` and `swd demo`: a testbed model's images to a PNG grid; teacher beside student.
 
-Thin handlers: arguments are checked here, the work is `swd.demo`'s (load_model, encode_prompts,
-generate).
+Thin handlers: arguments are checked here, the work is `swd.demo`'s (load_with_schedule,
+encode_prompts, generate).
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import time
 
 import torch
 
-from swd.demo import DEFAULT_STUDENT, DEFAULT_TEACHER, DEMO_PROMPTS, encode_prompts, generate, load_model
+from swd.demo import (DEFAULT_STUDENT, DEFAULT_TEACHER, DEMO_PROMPTS, encode_prompts, generate,
+                      load_with_schedule)
 from swd.errors import SwdError
 from swd.train.validation import check_fits_memory, check_float, check_int, check_output_file, check_seed
 
@@ -61,7 +62,7 @@ def _cmd_sample(args) -> int:
     check_seed(args.seed, "--seed")
     check_float(args.guidance, "--guidance", 0.0)  # argparse's float takes nan and inf
     check_output_file(args.out, "--out")
-    model, saved = load_model(args.model)
+    model, saved = load_with_schedule(args.model)
     _check_grid_memory(len(args.prompt) * args.n, model.config.sample_size, "--n")
     schedule = args.schedule or ("saved" if saved is not None else "teacher")
     cond, uncond = encode_prompts([p for p in args.prompt for _ in range(args.n)])
@@ -103,8 +104,8 @@ def _cmd_demo(args) -> int:
     if not 1 <= args.n <= len(pool):
         raise SwdError(f"--n: must be between 1 and {len(pool)} (the prompts given), got {args.n}")
     check_output_file(args.out, "--out")
-    teacher, _ = load_model(args.teacher, "--teacher")
-    student, schedule = load_model(args.student, "--student")
+    teacher, _ = load_with_schedule(args.teacher, "--teacher")
+    student, schedule = load_with_schedule(args.student, "--student")
     if schedule is None:
         raise SwdError(f"--student: {args.student} has no schedule.yaml (a distilled student folder has one)")
     prompts = list(pool[: args.n])

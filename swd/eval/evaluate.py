@@ -103,30 +103,39 @@ def load_prompts(name: str, n: int, data_path: str | Path | None = None) -> Prom
                      held.tensors(), held.captions)
 
 
-def load_model(model: str | Path | torch.nn.Module) -> tuple[torch.nn.Module, Path | None]:
+def load_model(model: str | Path | torch.nn.Module, where: str = "model",
+               what: str = "saved model folder") -> tuple[torch.nn.Module, Path | None]:
     """A testbed model (SD3 transformer or UNet, by its config.json) from a `save_pretrained`
-    folder (or the module itself)."""
+    folder (or the module itself), and the folder; errors name `where` (a flag or field)."""
     if isinstance(model, torch.nn.Module):
         return model, None
     from swd.train.validation import load_model_folder
 
     # The class, the pixel channels and safetensors-only weights are checked before diffusers loads.
-    return load_model_folder(model, "model", what="saved model folder")
+    return load_model_folder(model, where, what=what)
+
+
+def saved_schedule(folder: Path | None):
+    """The ScaleSchedule a student folder carries (its schedule.yaml), or None."""
+    from swd.schedules import ScaleSchedule
+
+    file = folder / "schedule.yaml" if folder is not None else None
+    return ScaleSchedule.load(file) if file is not None and file.is_file() else None
 
 
 def resolve_eval_schedule(spec: str | None, folder: Path | None):
     """None for the teacher sampler, else a ScaleSchedule: "model" (the folder's schedule.yaml),
     a preset name, or a schedule file."""
-    from swd.schedules import ScaleSchedule, resolve_schedule
+    from swd.schedules import resolve_schedule
 
     if spec == TEACHER:
         return None
     if spec in (None, MODEL_SCHEDULE):
-        file = folder / "schedule.yaml" if folder is not None else None
-        if file is None or not file.is_file():
+        schedule = saved_schedule(folder)
+        if schedule is None:
             where = f"{folder} has no schedule.yaml" if folder is not None else "the model is not a folder"
             raise SwdError(f"schedule: {where}; give a preset name, a schedule file or 'teacher'")
-        return ScaleSchedule.load(file)
+        return schedule
     return resolve_schedule(spec)
 
 
@@ -187,14 +196,8 @@ def sample_images(
 
     from swd.data.text import empty_prompt
     from swd.models import TextCondition, adapter_for
-    from swd.sampling import (
-        conditioned,
-        guided,
-        make_generator,
-        sample_scalewise,
-        sample_teacher,
-    )
     from swd.runtime import autocast_context
+    from swd.sampling import TeacherSampler, make_generator, sample
 
     if batch_size < 1:
         raise SwdError(f"batch_size: must be positive, got {batch_size}")
@@ -204,6 +207,7 @@ def sample_images(
     was_training = transformer.training
     adapter = adapter_for(transformer.to(device).eval())
     size = adapter.config.sample_size
+    spec = TeacherSampler(teacher_steps, guidance) if schedule is None else schedule
     if schedule is not None:
         schedule.check_model(adapter.patch_size, adapter.max_latent_size)
         size = schedule.final_size[0]
@@ -216,15 +220,9 @@ def sample_images(
     for start in tqdm(range(0, len(captions), batch_size), desc="sampling", unit="batch", disable=not progress):
         rows = slice(start, start + batch_size)
         cond = TextCondition(emb.states[rows], emb.pooled[rows]).to(device)
-        b = cond.batch_size
         began = time.perf_counter()
         with autocast_context(device, precision):
-            if schedule is None:
-                x = sample_teacher(guided(adapter, cond, uncond, guidance), (size, size), b, adapter.latent_channels,
-                                   steps=teacher_steps, generator=generator, device=device)
-            else:
-                x = sample_scalewise(conditioned(adapter, cond), schedule, b, adapter.latent_channels,
-                                     generator=generator, device=device, process=getattr(adapter, "process", None))
+            x = sample(adapter, spec, cond, uncond, generator, device, size=(size, size))
         x = x.float().clamp(-1, 1).cpu()  # .cpu() waits for the device: the timing is honest
         elapsed += time.perf_counter() - began
         out.append(x)

@@ -55,7 +55,7 @@ from swd.models.configs import ARCHS, ArchSpec, transformer_class
 from swd.objectives import Critics, FakeScore, LossConfig, ObjectiveName, objective_class
 from swd.runtime import autocast_context, ema_update, pick_device, resize_area, resize_clip
 from swd.processes import FLOW
-from swd.sampling import conditioned, make_generator, sample_scalewise, upsample, upsample_video
+from swd.sampling import make_generator, sample, upsample, upsample_video
 from swd.schedules import ScaleSchedule, resolve_schedule
 from swd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trim_log
 from swd.train.common import load_training_data
@@ -789,13 +789,11 @@ def student_samples(adapter, data, schedule: ScaleSchedule, device, precision: s
     space = space or PixelSpace()
     n = min(n, len(data.heldout_captions))
     cond = data.heldout_condition(n).to(device)
-    n = cond.batch_size
     was_training = adapter.training
     adapter.eval()
     with autocast_context(device, precision):
-        x = sample_scalewise(conditioned(adapter, cond), schedule, n, adapter.latent_channels,
-                             time_mode=getattr(space, "time_mode", "linear"),
-                             generator=make_generator(seed), device=device, process=getattr(adapter, "process", None))
+        x = sample(adapter, schedule, cond, generator=make_generator(seed), device=device,
+                   time_mode=getattr(space, "time_mode", "linear"))
     adapter.train(was_training)
     return space.decode(x.float()).float().clamp(-1, 1)
 
