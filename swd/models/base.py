@@ -130,3 +130,53 @@ def check_block_index(block: int, num_blocks: int) -> int:
     if not 0 <= index < num_blocks:
         raise SwdError(f"feature_block: {block} is out of range for a model with {num_blocks} blocks")
     return index
+
+
+class Adapter(nn.Module):
+    """The base the adapters share: the wrapped diffusers model's config and dtype, the prediction
+    call and block features through a forward hook (one forward pass, or stopped at the block).
+
+    A subclass registers the diffusers model (as `self.transformer` or the like), returns it from
+    `network`, and provides `_run(x, sigma, cond)`, `block(index)`, `num_blocks`,
+    `latent_channels`, `patch_size`, `max_latent_size` and `check_latents`. `_tokens` turns a
+    block's captured output into (B, T, C) tokens (identity for transformers).
+    """
+
+    def __init__(self, capture: FeatureCapture | None = None):
+        super().__init__()
+        self._capture = capture or FeatureCapture()
+
+    @property
+    def network(self) -> nn.Module:
+        raise NotImplementedError
+
+    @property
+    def config(self):
+        return self.network.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.network.parameters()).dtype
+
+    def _run(self, x, sigma, cond: TextCondition) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, sigma, cond: TextCondition) -> torch.Tensor:
+        """The model's prediction (a velocity v ~ eps - x0 for flow models), shape of x."""
+        return self._run(x, sigma, cond)
+
+    @staticmethod
+    def _tokens(features: torch.Tensor) -> torch.Tensor:
+        return features
+
+    def velocity_and_features(self, x, sigma, cond: TextCondition, block: int):
+        """(prediction, tokens after `block`: (B, T, C)) from one forward pass."""
+        with self._capture.capturing(self.block(block), stop=False) as cap:
+            v = self._run(x, sigma, cond)
+        return v, self._tokens(cap.features)
+
+    def features(self, x, sigma, cond: TextCondition, block: int) -> torch.Tensor:
+        """Tokens after `block`, (B, T, C); the blocks after it are not run."""
+        with self._capture.capturing(self.block(block), stop=True) as cap:
+            self._run(x, sigma, cond)
+        return self._tokens(cap.features)

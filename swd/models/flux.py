@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from swd.errors import SwdError
-from swd.models.base import FeatureCapture, TextCondition, check_block_index, sigma_vector
+from swd.models.base import Adapter, TextCondition, check_block_index, sigma_vector
 
 PACK = 2  # FLUX packs 2x2 latent pixels into one token
 
@@ -41,7 +41,7 @@ def image_position_ids(height: int, width: int, device=None, dtype=torch.float32
     return ids.reshape(-1, 3)
 
 
-class FluxAdapter(nn.Module):
+class FluxAdapter(Adapter):
     """Velocity and block features of a FLUX transformer on unpacked (B, C, H, W) latents.
 
     guidance: the embedded guidance of FLUX-dev-style models (ignored by models without a
@@ -53,11 +53,10 @@ class FluxAdapter(nn.Module):
         super().__init__()
         self.transformer = transformer
         self.guidance = guidance
-        self._capture = FeatureCapture()
 
     @property
-    def config(self):
-        return self.transformer.config
+    def network(self) -> nn.Module:
+        return self.transformer
 
     @property
     def latent_channels(self) -> int:
@@ -74,10 +73,6 @@ class FluxAdapter(nn.Module):
     @property
     def num_blocks(self) -> int:
         return len(self.transformer.transformer_blocks) + len(self.transformer.single_transformer_blocks)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
 
     def block(self, index: int) -> nn.Module:
         index = check_block_index(index, self.num_blocks)
@@ -114,16 +109,3 @@ class FluxAdapter(nn.Module):
             return_dict=False,
         )[0]
         return unpack_latents(out, h, w)
-
-    def forward(self, x: torch.Tensor, sigma, cond: TextCondition) -> torch.Tensor:
-        return self._run(x, sigma, cond)
-
-    def velocity_and_features(self, x, sigma, cond: TextCondition, block: int):
-        with self._capture.capturing(self.block(block), stop=False) as cap:
-            v = self._run(x, sigma, cond)
-        return v, cap.features
-
-    def features(self, x, sigma, cond: TextCondition, block: int) -> torch.Tensor:
-        with self._capture.capturing(self.block(block), stop=True) as cap:
-            self._run(x, sigma, cond)
-        return cap.features

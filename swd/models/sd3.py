@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from swd.errors import SwdError
-from swd.models.base import FeatureCapture, TextCondition, check_block_index, sigma_vector
+from swd.models.base import Adapter, TextCondition, check_block_index, sigma_vector
 
 
-class SD3Adapter(nn.Module):
+class SD3Adapter(Adapter):
     """Velocity and block features of an SD3-family transformer on (B, C, H, W) latents.
 
     SD3 crops its fixed sin-cos position table to the current size, so any size that is a
@@ -19,11 +19,10 @@ class SD3Adapter(nn.Module):
     def __init__(self, transformer: nn.Module):
         super().__init__()
         self.transformer = transformer
-        self._capture = FeatureCapture()
 
     @property
-    def config(self):
-        return self.transformer.config
+    def network(self) -> nn.Module:
+        return self.transformer
 
     @property
     def latent_channels(self) -> int:
@@ -41,10 +40,6 @@ class SD3Adapter(nn.Module):
     @property
     def num_blocks(self) -> int:
         return len(self.transformer.transformer_blocks)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
 
     def block(self, index: int) -> nn.Module:
         return self.transformer.transformer_blocks[check_block_index(index, self.num_blocks)]
@@ -73,21 +68,3 @@ class SD3Adapter(nn.Module):
             timestep=timestep,
             return_dict=False,
         )[0]
-
-    def forward(self, x: torch.Tensor, sigma, cond: TextCondition) -> torch.Tensor:
-        """Velocity v ~ eps - x0, shape of x."""
-        return self._run(x, sigma, cond)
-
-    def velocity_and_features(self, x, sigma, cond: TextCondition, block: int):
-        """(velocity, image tokens after `block`: (B, T, C)) from one forward pass."""
-        target = self.block(block)
-        with self._capture.capturing(target, stop=False) as cap:
-            v = self._run(x, sigma, cond)
-        return v, cap.features
-
-    def features(self, x, sigma, cond: TextCondition, block: int) -> torch.Tensor:
-        """Image tokens after `block`, (B, T, C); the blocks after it are not run."""
-        target = self.block(block)
-        with self._capture.capturing(target, stop=True) as cap:
-            self._run(x, sigma, cond)
-        return cap.features
