@@ -1,7 +1,6 @@
 """FLOP counts checked against hand counts from the config and an independent hook-based count."""
 
 import json
-import time
 
 import pytest
 import torch
@@ -176,9 +175,7 @@ def test_cli_table_with_schedule_file(capsys, tmp_path):
 
 
 def test_cli_json_sd35_large(capsys):
-    start = time.perf_counter()
     rc, out, err = run_cli(capsys, "--arch", "sd35-large", "--schedule", "sd35-large-4", "--json")
-    elapsed = time.perf_counter() - start
     assert rc == 0, err
     data = json.loads(out)
     # SWD_SPEC: 2.2 of 4 full-resolution steps in image tokens; text tokens and attention shift it.
@@ -190,7 +187,6 @@ def test_cli_json_sd35_large(capsys):
     assert data["swd_over_teacher_ratio"] == pytest.approx(data["runs"]["swd"]["flops"] / (56 * full["flops"]))
     # Attention of the real config: 38 joint layers of 38 heads x 64 over 4096 + 333 tokens.
     assert full["attention_flops"] == 38 * attention_flops(1, 38, 64, 4096 + 333)
-    assert elapsed < 30
 
 
 @pytest.mark.parametrize("argv, field", [
