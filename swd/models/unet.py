@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from swd.errors import SwdError
-from swd.models.base import FeatureCapture, TextCondition, check_block_index, sigma_vector
+from swd.models.base import Adapter, FeatureCapture, TextCondition, check_block_index, sigma_vector
 from swd.processes import FLOW, DDPMProcess, sdxl_process
 
 PREDICTIONS = ("flow", "epsilon", "v_prediction")
@@ -48,16 +48,18 @@ class _UNetCapture(FeatureCapture):
         return super().hook(module, inputs, output)
 
 
-class UNetAdapter(nn.Module):
+class UNetAdapter(Adapter):
     """Velocity and block features of a UNet2DConditionModel on (B, C, H, W) latents.
 
     A UNet is fully convolutional: any size divisible by its total downsampling factor
-    2 ** (levels - 1) works, so that factor plays the role of the patch size.
+    2 ** (levels - 1) works, so that factor plays the role of the patch size. Its prediction is a
+    velocity v ~ eps - x0 for flow UNets, else eps or v (`self.process.x0` gives the clean
+    estimate for either); block features are (B, C, H, W) maps read as (B, HW, C) tokens.
     """
 
     def __init__(self, unet: nn.Module, prediction: str | None = None, process: DDPMProcess | None = None,
                  vae_scale_factor: int = 8):
-        super().__init__()
+        super().__init__(_UNetCapture())
         prediction = default_prediction(unet) if prediction is None else prediction
         if prediction not in PREDICTIONS:
             raise SwdError(f"prediction: {prediction!r} is not supported for UNets; supported: "
@@ -79,11 +81,10 @@ class UNetAdapter(nn.Module):
         self.process = process
         # Pixels per latent pixel: SDXL's time ids are in image pixels.
         self.vae_scale_factor = vae_scale_factor
-        self._capture = _UNetCapture()
 
     @property
-    def config(self):
-        return self.unet.config
+    def network(self) -> nn.Module:
+        return self.unet
 
     @property
     def latent_channels(self) -> int:
@@ -104,10 +105,6 @@ class UNetAdapter(nn.Module):
     @property
     def num_blocks(self) -> int:
         return len(self.blocks)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
 
     def feature_width(self, index: int) -> int:
         """Channels C of the tokens (B, HW, C) block `index` outputs: each down block and the mid
@@ -155,25 +152,6 @@ class UNetAdapter(nn.Module):
             return_dict=False,
         )[0]
 
-    def forward(self, x: torch.Tensor, sigma, cond: TextCondition) -> torch.Tensor:
-        """The UNet's prediction, shape of x: velocity v ~ eps - x0 for flow UNets, else eps or v
-        (`self.process.x0` gives the clean estimate for either)."""
-        return self._run(x, sigma, cond)
-
     @staticmethod
     def _tokens(features: torch.Tensor) -> torch.Tensor:
         return features.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, HW, C)
-
-    def velocity_and_features(self, x, sigma, cond: TextCondition, block: int):
-        """(velocity, tokens after `block`: (B, HW, C)) from one forward pass."""
-        target = self.block(block)
-        with self._capture.capturing(target, stop=False) as cap:
-            v = self._run(x, sigma, cond)
-        return v, self._tokens(cap.features)
-
-    def features(self, x, sigma, cond: TextCondition, block: int) -> torch.Tensor:
-        """Tokens after `block`, (B, HW, C); the blocks after it are not run."""
-        target = self.block(block)
-        with self._capture.capturing(target, stop=True) as cap:
-            self._run(x, sigma, cond)
-        return self._tokens(cap.features)

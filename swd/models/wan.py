@@ -15,20 +15,19 @@ import torch
 from torch import nn
 
 from swd.errors import SwdError
-from swd.models.base import FeatureCapture, TextCondition, check_block_index, sigma_vector
+from swd.models.base import Adapter, TextCondition, check_block_index, sigma_vector
 
 
-class WanAdapter(nn.Module):
+class WanAdapter(Adapter):
     """Velocity and block features of a Wan transformer on (B, C, F, H, W) latents."""
 
     def __init__(self, transformer: nn.Module):
         super().__init__()
         self.transformer = transformer
-        self._capture = FeatureCapture()
 
     @property
-    def config(self):
-        return self.transformer.config
+    def network(self) -> nn.Module:
+        return self.transformer
 
     @property
     def latent_channels(self) -> int:
@@ -47,10 +46,6 @@ class WanAdapter(nn.Module):
     @property
     def num_blocks(self) -> int:
         return len(self.transformer.blocks)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
 
     def feature_width(self, index: int) -> int:
         check_block_index(index, self.num_blocks)
@@ -83,21 +78,3 @@ class WanAdapter(nn.Module):
             encoder_hidden_states=cond.prompt_embeds,
             return_dict=False,
         )[0]
-
-    def forward(self, x: torch.Tensor, sigma, cond: TextCondition) -> torch.Tensor:
-        """Velocity v ~ eps - x0, shape of x."""
-        return self._run(x, sigma, cond)
-
-    def velocity_and_features(self, x, sigma, cond: TextCondition, block: int):
-        """(velocity, tokens after `block`: (B, T, C)) from one forward pass."""
-        target = self.block(block)
-        with self._capture.capturing(target, stop=False) as cap:
-            v = self._run(x, sigma, cond)
-        return v, cap.features
-
-    def features(self, x, sigma, cond: TextCondition, block: int) -> torch.Tensor:
-        """Tokens after `block`, (B, T, C); the blocks after it are not run."""
-        target = self.block(block)
-        with self._capture.capturing(target, stop=True) as cap:
-            self._run(x, sigma, cond)
-        return cap.features
