@@ -138,7 +138,7 @@ class Adapter(nn.Module):
 
     A subclass registers the diffusers model (as `self.transformer` or the like), returns it from
     `network`, and provides `_run(x, sigma, cond)`, `block(index)`, `num_blocks`,
-    `latent_channels`, `patch_size`, `max_latent_size` and `check_latents`. `_tokens` turns a
+    `patch_size`, `max_latent_size` and `check_latents`. `_tokens` turns a
     block's captured output into (B, T, C) tokens (identity for transformers).
     """
 
@@ -157,6 +157,11 @@ class Adapter(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.network.parameters()).dtype
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels C of the latents the model takes (FLUX overrides it: its input is packed)."""
+        return self.config.in_channels
 
     def _run(self, x, sigma, cond: TextCondition) -> torch.Tensor:
         raise NotImplementedError

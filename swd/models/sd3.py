@@ -25,10 +25,6 @@ class SD3Adapter(Adapter):
         return self.transformer
 
     @property
-    def latent_channels(self) -> int:
-        return self.config.in_channels
-
-    @property
     def patch_size(self) -> int:
         return self.config.patch_size
 

@@ -87,10 +87,6 @@ class UNetAdapter(Adapter):
         return self.unet
 
     @property
-    def latent_channels(self) -> int:
-        return self.config.in_channels
-
-    @property
     def patch_size(self) -> int:
         return 2 ** (len(self.unet.down_blocks) - 1)
 

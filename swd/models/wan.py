@@ -30,10 +30,6 @@ class WanAdapter(Adapter):
         return self.transformer
 
     @property
-    def latent_channels(self) -> int:
-        return self.config.in_channels
-
-    @property
     def patch_size(self) -> tuple[int, int, int]:
         """(t, h, w): a tuple marks a video model for `ScaleSchedule.check_model`."""
         return tuple(int(p) for p in self.config.patch_size)
