@@ -42,7 +42,13 @@ RUNS = [
     ("dmd-only-old-preset", "dmd-only", 120, {"train.fake_updates": 2, "generator.lr": 1e-4, "fake.lr": 1e-4}),
     ("dmd-only-equal-lr-5-updates", "dmd-only", 120, {"train.fake_updates": 5, "generator.lr": 3e-5,
                                                       "fake.lr": 3e-5}),
+    # Fake-score capacity: the same runs with a 4x wider fake score (regressed onto the analytic
+    # teacher like the copy), to see whether the off-subspace energy still grows.
+    ("dmd-only-wide-fake", "dmd-only", 300, DMD_FIXED, "w128"),
+    ("swd-wide-fake", "swd", 300, DMD_FIXED, "w128"),
 ]
+# Fake-score networks other than the copy: name -> (width, depth), regressed like the copy.
+FAKE_NETS = {"w128": (128, 2)}
 
 
 def clean(metrics: dict) -> dict:
@@ -106,24 +112,50 @@ def main() -> None:
                           ("network-scalewise-4", "scalewise")]:
             write(out, name, {"final": clean(tb.score(net, how, N_PER_CLASS))})
 
-    for name, objective, steps, overrides in RUNS:
+    fakes = {}
+    for name, objective, steps, overrides, *fake in RUNS:
         if not want(name):
             continue
+        fake_net = None
+        if fake:
+            if fake[0] not in fakes:
+                fakes[fake[0]] = regressed_fake(tb, out, fake[0])
+            fake_net = fakes[fake[0]]
         run_dir = Path("runs/exact") / name
         shutil.rmtree(run_dir, ignore_errors=True)
         t = time.time()
-        result = distill_exact(tb, net, objective, run_dir, steps, overrides=overrides, eval_every=steps // 8)
+        result = distill_exact(tb, net, objective, run_dir, steps, overrides=overrides, eval_every=steps // 8,
+                               fake_init=fake_net)
         minutes = (time.time() - t) / 60
         trace = [json.loads(line) for line in open(run_dir / "log.jsonl")]
         trace = [{"step": r["step"], **r["eval"]} for r in trace if "eval" in r]
         how = "fewstep" if objective == "dmd2-full" else "scalewise"
         schedule = exact_schedule(tb.spec.size, full_resolution=objective == "dmd2-full")
         final = clean(tb.score(result.generator, how, N_PER_CLASS, schedule=schedule))
-        write(out, name, {"objective": objective, "steps": steps, "overrides": overrides, "trace": trace,
+        write(out, name, {"objective": objective, "steps": steps, "overrides": overrides,
+                          **({"fake": {"name": fake[0], "width_depth": FAKE_NETS[fake[0]]}} if fake else {}), "trace": trace,
                           "final": final, "minutes_with_evals": minutes})
         if objective != "dmd2-full":  # the broken sampler on the same student
             broken = clean(tb.score(result.generator, "scalewise", N_PER_CLASS, order="noise_then_upsample"))
             write(out, f"{name}-noise-first", {"final": broken})
+
+
+def regressed_fake(tb: ExactTestbed, out: Path, name: str):
+    """A fake-score network of FAKE_NETS[name], regressed onto the analytic teacher like the copy
+    (cached as safetensors), with its own 28-step samples scored as the row `fake-<name>-28`."""
+    width, depth = FAKE_NETS[name]
+    path = out / f"init-fake-{name}.safetensors"
+    net = tb.network(width, depth)
+    if path.exists():
+        net.load_state_dict(load_file(str(path)))
+        return net
+    t = time.time()
+    net = tb.regressed_network(INIT_STEPS, width, depth)
+    minutes = (time.time() - t) / 60
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    write(out, f"fake-{name}-28", {"final": clean(tb.score(net, "teacher28", N_PER_CLASS)), "width": width,
+                                   "depth": depth, "regress_steps": INIT_STEPS, "cpu_minutes": minutes})
+    return net
 
 
 def table(out: Path) -> str:

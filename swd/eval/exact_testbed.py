@@ -109,9 +109,10 @@ class ExactTestbed:
 
 def distill_exact(testbed: ExactTestbed, init_network, objective: str, run_dir: str | Path, steps: int,
                   overrides: Optional[dict] = None, eval_every: int = 0, eval_n_per_class: int = 128,
-                  real_score=None):
+                  real_score=None, fake_init=None):
     """Distill a student from `init_network` on the mixture with the project's trainer; returns
-    (DistillResult, list of eval records). `overrides`: dotted config keys, as `--set` takes them."""
+    (DistillResult, list of eval records). `overrides`: dotted config keys, as `--set` takes them.
+    `fake_init`: the network the fake score starts from (default: a copy of `init_network`)."""
     from swd.config import load_config
     from swd.train.distill import DistillConfig, train_distill
 
@@ -127,5 +128,6 @@ def distill_exact(testbed: ExactTestbed, init_network, objective: str, run_dir: 
     cfg = load_config(DistillConfig, None, [f"{k}={v}" for k, v in {**base, **(overrides or {})}.items()])
     result = train_distill(cfg, data=testbed.data, teacher=copy.deepcopy(init_network),
                            real_score=real_score if real_score is not None else testbed.teacher,
-                           evaluation=testbed.evaluation(eval_n_per_class) if eval_every else None)
+                           evaluation=testbed.evaluation(eval_n_per_class) if eval_every else None,
+                           fake_init=copy.deepcopy(fake_init) if fake_init is not None else None)
     return result

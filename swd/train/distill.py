@@ -265,26 +265,32 @@ class DistillModels:
     family: str  # sd3 | flux
 
 
-def build_models(cfg: DistillConfig, teacher: torch.nn.Module,
-                 frozen_dtype: Optional[torch.dtype] = None) -> DistillModels:
+def build_models(cfg: DistillConfig, teacher: torch.nn.Module, frozen_dtype: Optional[torch.dtype] = None,
+                 fake_init: Optional[torch.nn.Module] = None) -> DistillModels:
     """Generator and fake-score model from a teacher already on its device.
 
     Full copies (lora_rank 0) are taken first, in float32; then the teacher is frozen (and cast
     to `frozen_dtype`, bf16 on GPUs) and LoRA models are built as `shared_copy`s of it, so the
-    base weights exist once. Works on the meta device too (the dry run).
+    base weights exist once. Works on the meta device too (the dry run). `fake_init`: a network
+    of the teacher's family (another width or depth) to start the fake score from instead of a
+    teacher copy; full fine-tuning only.
     """
+    if fake_init is not None and cfg.fake.lora_rank > 0:
+        raise SwdError("fake.lora_rank: a separate fake-score network (fake_init) is trained in full; set 0")
     # Every random initialisation here (LoRA matrices, the GAN head) comes from the run's seed, not
     # from whatever state torch's global generator is in: a seeded run repeats, on every rank.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
-        return _build_models(cfg, teacher, frozen_dtype)
+        return _build_models(cfg, teacher, frozen_dtype, fake_init)
 
 
-def _build_models(cfg: DistillConfig, teacher: torch.nn.Module, frozen_dtype: Optional[torch.dtype]) -> DistillModels:
+def _build_models(cfg: DistillConfig, teacher: torch.nn.Module, frozen_dtype: Optional[torch.dtype],
+                  fake_init: Optional[torch.nn.Module]) -> DistillModels:
     family = model_family(teacher)
     needs_fake = objective_class(cfg.objective).needs_fake(cfg.losses)
     generator = copy.deepcopy(teacher).float() if cfg.generator.lora_rank <= 0 else None
-    fake_model = copy.deepcopy(teacher).float() if needs_fake and cfg.fake.lora_rank <= 0 else None
+    fake_source = teacher if fake_init is None else fake_init.to(next(teacher.parameters()).device)
+    fake_model = copy.deepcopy(fake_source).float() if needs_fake and cfg.fake.lora_rank <= 0 else None
     teacher.eval().requires_grad_(False)
     if frozen_dtype is not None:
         # nn.Module.to: diffusers' own .to warns about fp32-kept modules (SD3 and FLUX have none).
@@ -295,7 +301,7 @@ def _build_models(cfg: DistillConfig, teacher: torch.nn.Module, frozen_dtype: Op
     if needs_fake:
         fake_model = add_lora(fake_model if fake_model is not None else shared_copy(teacher), cfg.fake, "fake",
                               family)
-        fake = FakeScore(fake_model, GANHead(hidden_width(teacher, cfg.losses.feature_block)), guidance=cfg.model.flux_guidance)
+        fake = FakeScore(fake_model, GANHead(hidden_width(fake_source, cfg.losses.feature_block)), guidance=cfg.model.flux_guidance)
     if cfg.train.gradient_checkpointing:
         for model in (teacher, generator, fake_model if needs_fake else None):
             if model is not None:
@@ -501,7 +507,7 @@ class DistillRun:
 
 def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: Optional[torch.nn.Module] = None,
                   vae: Optional[torch.nn.Module] = None, real_score: Optional[torch.nn.Module] = None,
-                  evaluation=None) -> "DistillResult":
+                  evaluation=None, fake_init: Optional[torch.nn.Module] = None) -> "DistillResult":
     """Distill a scale-wise student; returns the exported folder and the trained generator.
 
     data: a CaptionedData / PromptEmbeddingData (default: from cfg.data); teacher: a diffusers
@@ -513,8 +519,10 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
     evaluation: `evaluation(model, schedule, device, precision) -> dict`, run by the main process at
     step 0, every train.eval_every steps and at the last step; needed when eval_every > 0 (the
     testbed's: `swd.eval.evaluate.training_evaluation(cfg)`, which `swd distill` passes).
+    fake_init: the network the fake score starts from (default: a copy of the teacher); the exact
+    testbed uses it to give the fake score more capacity than the teacher copy.
     """
-    r = prepare_run(cfg, resume, data, teacher, vae, real_score, evaluation)
+    r = prepare_run(cfg, resume, data, teacher, vae, real_score, evaluation, fake_init)
     tc, schedule, objective, step = r.cfg.train, r.schedule, r.objective, r.step
     n_fake_updates = tc.fake_updates if r.models.fake is not None else 0
     report = Reporter(r, evaluation if tc.eval_every > 0 and r.main else None)
@@ -572,7 +580,8 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
     return export_run(r, step)
 
 
-def prepare_run(cfg: DistillConfig, resume: bool, data, teacher, vae, real_score, evaluation) -> DistillRun:
+def prepare_run(cfg: DistillConfig, resume: bool, data, teacher, vae, real_score, evaluation,
+                fake_init=None) -> DistillRun:
     """Validate, load, build and (on resume) restore everything the loop uses; write config.yaml."""
     from accelerate import Accelerator
 
@@ -600,7 +609,7 @@ def prepare_run(cfg: DistillConfig, resume: bool, data, teacher, vae, real_score
     cfg = resolve_config(cfg, num_blocks=adapter_for(teacher).num_blocks)
     lc = cfg.losses
     schedule = training_schedule(cfg)
-    models = build_models(cfg, teacher.to(device), frozen_dtype)
+    models = build_models(cfg, teacher.to(device), frozen_dtype, fake_init)
     teacher, generator_model, fake = models.teacher, models.generator, models.fake
     adapter_kwargs = {"guidance": cfg.model.flux_guidance}
     teacher_adapter = adapter_for(teacher, **adapter_kwargs)

@@ -37,6 +37,7 @@ from swd.train.common import (
     pick_device,
     resize_area,
 )
+from swd.train.validation import load_model_folder
 
 
 @dataclass
@@ -83,6 +84,9 @@ class TeacherDataConfig:
 @dataclass
 class TeacherConfig:
     run_dir: str = "runs/teacher"
+    # A teacher folder (an export of an earlier run) to continue from: its weights start both the
+    # model and the EMA; the optimizer starts fresh with the warm-up. Ignored on --resume.
+    init: str = ""
     data: TeacherDataConfig = field(default_factory=TeacherDataConfig)
     # MMDiTConfig | UNetConfig, chosen by `model.arch` (absent: mmdit); resolved in __post_init__
     # because the YAML loader cannot pick a dataclass by a key's value.
@@ -116,6 +120,17 @@ def teacher_samples(adapter, data: CaptionedData, cfg: TeacherConfig, device, se
     return x.float().clamp(-1, 1)
 
 
+def warm_start(model: torch.nn.Module, folder: str) -> None:
+    """Copy the weights of a saved teacher folder into `model`; they must fit its config exactly."""
+    saved, _ = load_model_folder(folder, "init", what="teacher folder")
+    ours, theirs = model.state_dict(), saved.state_dict()
+    misfit = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
+    if misfit or len(theirs) != len(ours):
+        raise SwdError(f"init: {folder} does not fit model (e.g. {(misfit or sorted(set(theirs) - set(ours)))[0]}); "
+                       f"its config.json must match the config's model section")
+    model.load_state_dict(theirs)
+
+
 def train_teacher(cfg: TeacherConfig, resume: bool = False, data: CaptionedData | None = None) -> Path:
     """Train (or resume) a teacher; returns the exported EMA model folder. `data` overrides loading."""
     run = Path(cfg.run_dir)
@@ -138,6 +153,8 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False, data: CaptionedData 
     images = data.train_images  # (N, 3, S, S) in [-1, 1], on the CPU
     print(f"data: {len(images)} training images, {len(data.heldout_captions)} held-out prompts; device {device}")
 
+    if cfg.init and not resume:
+        warm_start(model, cfg.init)
     model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     adapter, ema_adapter = adapter_for(model), adapter_for(ema)
@@ -181,8 +198,9 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False, data: CaptionedData 
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
-        # EMA warm-up: early on, average over the steps taken so far rather than the random init.
-        ema_update(ema, model, min(tc.ema_decay, (1 + step) / (10 + step)))
+        # EMA warm-up: early on, average over the steps taken so far rather than the random init
+        # (a warm start's EMA is already a trained model: full decay from the first step).
+        ema_update(ema, model, tc.ema_decay if cfg.init else min(tc.ema_decay, (1 + step) / (10 + step)))
         step += 1
         pbar.update(1)
 

@@ -212,3 +212,28 @@ def test_in_training_evaluation_rejects_bad_settings(tmp_path, change, match):
             training_evaluation(cfg)
         train_distill(cfg, data=synthetic_data(), teacher=tiny_teacher())
     assert not (tmp_path / "bad" / "log.jsonl").exists()  # refused before anything was written
+
+
+def test_fake_score_can_start_from_a_wider_network(tmp_path):
+    from swd.train.distill import build_models
+
+    torch.manual_seed(1)
+    wide = build_testbed_transformer(MMDiTConfig(sample_size=16, patch_size=2, width=48, head_dim=16, depth=2))
+    wide_before = {k: v.clone() for k, v in wide.state_dict().items()}
+    cfg = config(tmp_path, "wide", "swd", steps=2)
+    models = build_models(cfg, tiny_teacher(), fake_init=wide)
+    assert models.fake.transformer.config.num_attention_heads == 3  # 48 / 16: the wide network, not the teacher
+    assert models.generator.config.num_attention_heads == 2
+    for k, v in models.fake.transformer.state_dict().items():
+        assert torch.equal(v, wide_before[k]), k  # a copy of fake_init, in float32
+    assert models.fake.head.widths[0] == 48  # the GAN head reads the wide network's features
+    train_distill(cfg, data=synthetic_data(), teacher=tiny_teacher(), fake_init=wide)
+    saved = load_file(str(tmp_path / "wide" / "checkpoints" / "step_00000002" / "fake.safetensors"))
+    trained = {k[len("transformer."):]: v for k, v in saved.items() if k.startswith("transformer.")}
+    assert trained.keys() == wide_before.keys()
+    assert any(not torch.equal(trained[k], wide_before[k]) for k in trained)  # the fake score trained
+    assert all(torch.equal(wide.state_dict()[k], wide_before[k]) for k in wide_before)  # the caller's untouched
+    lora = config(tmp_path, "wide-lora", "swd", steps=1)
+    lora.fake.lora_rank = 4
+    with pytest.raises(SwdError, match="fake.lora_rank"):
+        train_distill(lora, data=synthetic_data(), teacher=tiny_teacher(), fake_init=wide)

@@ -159,3 +159,35 @@ def test_compiled_training_matches_eager(tmp_path, monkeypatch):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+def test_warm_start_continues_from_an_exported_teacher(tmp_path):
+    data = synthetic_data()
+    first = train_teacher(tiny_config(tmp_path / "a", 3), data=data)
+    # zero further steps: the export is the init's weights, bit for bit (model and EMA both start there)
+    cfg = tiny_config(tmp_path / "b", 0)
+    cfg.init = str(first)
+    again = train_teacher(cfg, data=data)
+    a = load_file(str(first / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(again / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # two steps on: the EMA moves at decay 0.999 from the first step, ~(1 - 0.999) x Adam's lr-sized
+    # steps (lr 3e-4); the cold-start EMA warm-up (decay 0.1 at step 1) would move it ~1e-4
+    cfg = tiny_config(tmp_path / "c", 2)
+    cfg.init = str(first)
+    moved = load_file(str(train_teacher(cfg, data=data) / "diffusion_pytorch_model.safetensors"))
+    drift = max((moved[k] - a[k]).abs().max().item() for k in a)
+    assert 0 < drift < 1e-5
+
+
+def test_warm_start_from_a_misfit_folder_is_one_line(tmp_path):
+    data = synthetic_data()
+    first = train_teacher(tiny_config(tmp_path / "a", 1), data=data)
+    cfg = tiny_config(tmp_path / "b", 1)
+    cfg.model.width = 48
+    cfg.init = str(first)
+    with pytest.raises(SwdError, match="init: .* does not fit model"):
+        train_teacher(cfg, data=data)
+    cfg.init = str(tmp_path / "nowhere")
+    with pytest.raises(SwdError, match="init"):
+        train_teacher(cfg, data=data)
