@@ -101,13 +101,10 @@ def _cmd_export(args) -> int:
     """Write one module of a training checkpoint as a diffusers model folder (<=15 MB shards)."""
     from pathlib import Path
 
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from swd.config import from_dict
     from swd.errors import SwdError
     from swd.models.testbed import build_testbed_model
-    from swd.train.checkpoint import latest_checkpoint
+    from swd.train.checkpoint import latest_checkpoint, load_module
     from swd.train.teacher import TeacherConfig
     from swd.train.validation import read_json
 
@@ -130,15 +127,7 @@ def _cmd_export(args) -> int:
         raise SwdError(f"--weights: {path} has no {args.weights!r} module")
     cfg = from_dict(TeacherConfig, meta["config"])
     model = build_testbed_model(cfg.model)  # MMDiT or UNet, by model.arch
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError) as err:
-        raise SwdError(f"--checkpoint: {weights} is unreadable ({err})") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise SwdError(f"--checkpoint: {weights} does not fit the model of its meta.json "
-                       f"({str(err).splitlines()[-1].strip()[:200]})") from None
+    load_module(path, args.weights, model)  # the same one-line faults as a resume
     model.save_pretrained(args.out, max_shard_size="15MB", safe_serialization=True)
     print(f"{args.weights} weights of {path.name} (step {meta['step']}) written to {args.out}")
     return 0

@@ -262,6 +262,27 @@ def _fit_error(err: Exception) -> str:
     return (lines[-1] if lines else type(err).__name__)[:240]
 
 
+def load_module(path: str | Path, name: str, module: torch.nn.Module) -> None:
+    """Load `name`.safetensors of the checkpoint at `path` into `module`; every fault is one line.
+
+    Resume (`load_checkpoint`) and `swd export` both load through here, so a torn file or a
+    checkpoint of another model reads the same to the user either way.
+    """
+    path = Path(path)
+    file = path / f"{name}.safetensors"
+    if not file.is_file():
+        raise SwdError(f"checkpoint: {path.name} has no {file.name} (was it written by another objective?)")
+    try:
+        state = load_file(str(file))
+    except (SafetensorError, OSError) as err:
+        raise SwdError(f"checkpoint: {file} is unreadable ({err})") from None
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise SwdError(f"checkpoint: {path.name}/{file.name} does not fit the model ({_fit_error(err)}); "
+                       f"was it written with another model config or teacher?") from None
+
+
 def load_checkpoint(path: str | Path, modules: dict, optimizers: dict) -> dict:
     """Restore modules, optimizers and RNG from `path`; returns meta.json's content.
 
@@ -277,18 +298,7 @@ def load_checkpoint(path: str | Path, modules: dict, optimizers: dict) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise SwdError(f"checkpoint: {path / 'meta.json'} is not valid JSON") from None
     for name, module in modules.items():
-        file = path / f"{name}.safetensors"
-        if not file.is_file():
-            raise SwdError(f"checkpoint: {path.name} has no {file.name} (was it written by another objective?)")
-        try:
-            state = load_file(str(file))
-        except (SafetensorError, OSError) as err:
-            raise SwdError(f"checkpoint: {file} is unreadable ({err})") from None
-        try:
-            module.load_state_dict(state)
-        except RuntimeError as err:
-            raise SwdError(f"checkpoint: {path.name}/{file.name} does not fit the model ({_fit_error(err)}); "
-                           f"was it written with another model config or teacher?") from None
+        load_module(path, name, module)
     saved = _load_tensors_file(path / "optimizers.pt")
     for name, opt in optimizers.items():
         if name not in saved:

@@ -183,3 +183,44 @@ def test_trim_log_drops_steps_past_the_checkpoint_and_a_torn_line(tmp_path):
     assert trim_log(log, 2) == 3
     assert [json.loads(l) for l in log.read_text().splitlines()] == lines[:3]
     assert trim_log(log, 2) == 0 and trim_log(tmp_path / "none.jsonl", 2) == 0
+
+
+def test_export_and_resume_report_a_bad_checkpoint_alike(tmp_path, capsys):
+    """export and --resume load weights through one loader: a checkpoint of another model, and a
+    torn weight file that no sha256 record catches, are the same one-line error either way."""
+    from swd.cli import main
+
+    def export_error(run) -> str:
+        capsys.readouterr()  # drop the training runs' progress output
+        assert main(["export", "--checkpoint", str(run), "--weights", "model", "--out", str(tmp_path / "out")]) == 2
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1, lines
+        return lines[0]
+
+    def resume_error(cfg) -> str:
+        with pytest.raises(SwdError) as err:
+            train_teacher(cfg, resume=True, data=synthetic_data())
+        return f"swd: error: {err.value}"
+
+    train_teacher(teacher_config(tmp_path / "run", 2, checkpoint_every=2), data=synthetic_data())
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000002"
+    # Another model: resume builds it from the config, export from the checkpoint's meta.json.
+    wide = teacher_config(tmp_path / "wide", 4)
+    wide.model.width, wide.model.head_dim = 64, 32
+    shutil.copytree(tmp_path / "run", tmp_path / "wide")
+    meta_file = tmp_path / "wide" / "checkpoints" / ckpt.name / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["config"]["model"].update(width=64, head_dim=32)
+    meta_file.write_text(json.dumps(meta))
+    mismatch = resume_error(wide)
+    assert "step_00000002/model.safetensors does not fit the model (size mismatch for" in mismatch
+    assert export_error(tmp_path / "wide") == mismatch
+    # A torn model file in a checkpoint without file records (as written before they existed).
+    meta = json.loads((ckpt / "meta.json").read_text())
+    del meta["files"]
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    torn = resume_error(teacher_config(tmp_path / "run", 4))
+    assert "model.safetensors is unreadable" in torn
+    assert export_error(ckpt) == torn
