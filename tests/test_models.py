@@ -125,3 +125,19 @@ def test_build_restores_the_default_dtype_when_the_model_fails(monkeypatch):
     with pytest.raises(ValueError, match="bad config"):
         configs.ARCHS["tiny-sd3"].build(dtype=torch.bfloat16)
     assert torch.get_default_dtype() == torch.float32
+
+
+@pytest.mark.parametrize("arch, prefix", [("tiny-sd3", "transformer"), ("tiny-flux", "transformer"),
+                                          ("tiny-wan", "transformer"), ("unet", "unet")])
+def test_adapter_base_registers_the_model_under_its_family_name(arch, prefix):
+    """The base registers the wrapped model: `network` is it, the attribute the family names it by
+    is it, and the adapter's state-dict keys are the model's under that prefix (LoRA and checkpoint
+    files written before the base keep loading)."""
+    from swd.models.configs import ARCHS
+    from tests.models.test_unet import tiny_unet
+
+    model = tiny_unet() if arch == "unet" else ARCHS[arch].build()
+    adapter = adapter_for(model)
+    assert adapter.network is model and getattr(adapter, prefix) is model
+    assert list(adapter.state_dict()) == [f"{prefix}.{k}" for k in model.state_dict()]
+    assert adapter.config is model.config and adapter.dtype == torch.float32

@@ -136,19 +136,24 @@ class Adapter(nn.Module):
     """The base the adapters share: the wrapped diffusers model's config and dtype, the prediction
     call and block features through a forward hook (one forward pass, or stopped at the block).
 
-    A subclass registers the diffusers model (as `self.transformer` or the like), returns it from
-    `network`, and provides `_run(x, sigma, cond)`, `block(index)`, `num_blocks`,
-    `patch_size`, `max_latent_size` and `check_latents`. `_tokens` turns a
-    block's captured output into (B, T, C) tokens (identity for transformers).
+    The wrapped diffusers model is registered as `self.<network_name>` ("transformer", or "unet"
+    for UNets), so the adapter's state-dict keys are the model's with that prefix. A subclass
+    provides `_run(x, sigma, cond)`, `block(index)`, `num_blocks`, `patch_size`,
+    `max_latent_size` and `check_latents`. `_tokens` turns a block's captured output into
+    (B, T, C) tokens (identity for transformers).
     """
 
-    def __init__(self, capture: FeatureCapture | None = None):
+    network_name = "transformer"
+
+    def __init__(self, network: nn.Module, capture: FeatureCapture | None = None):
         super().__init__()
+        self.add_module(self.network_name, network)
         self._capture = capture or FeatureCapture()
 
     @property
     def network(self) -> nn.Module:
-        raise NotImplementedError
+        """The wrapped diffusers model."""
+        return getattr(self, self.network_name)
 
     @property
     def config(self):

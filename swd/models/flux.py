@@ -50,13 +50,8 @@ class FluxAdapter(Adapter):
     """
 
     def __init__(self, transformer: nn.Module, guidance: float = 4.5):
-        super().__init__()
-        self.transformer = transformer
+        super().__init__(transformer)
         self.guidance = guidance
-
-    @property
-    def network(self) -> nn.Module:
-        return self.transformer
 
     @property
     def latent_channels(self) -> int:

@@ -16,14 +16,6 @@ class SD3Adapter(Adapter):
     multiple of the patch size, up to pos_embed_max_size * patch_size, works unchanged.
     """
 
-    def __init__(self, transformer: nn.Module):
-        super().__init__()
-        self.transformer = transformer
-
-    @property
-    def network(self) -> nn.Module:
-        return self.transformer
-
     @property
     def patch_size(self) -> int:
         return self.config.patch_size

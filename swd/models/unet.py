@@ -57,9 +57,11 @@ class UNetAdapter(Adapter):
     estimate for either); block features are (B, C, H, W) maps read as (B, HW, C) tokens.
     """
 
+    network_name = "unet"
+
     def __init__(self, unet: nn.Module, prediction: str | None = None, process: DDPMProcess | None = None,
                  vae_scale_factor: int = 8):
-        super().__init__(_UNetCapture())
+        super().__init__(unet, _UNetCapture())
         prediction = default_prediction(unet) if prediction is None else prediction
         if prediction not in PREDICTIONS:
             raise SwdError(f"prediction: {prediction!r} is not supported for UNets; supported: "
@@ -76,15 +78,10 @@ class UNetAdapter(Adapter):
             process = sdxl_process(prediction)
         elif getattr(process, "prediction", None) != prediction:
             raise SwdError(f"process: predicts {getattr(process, 'prediction', 'flow')!r}, the UNet {prediction!r}")
-        self.unet = unet
         self.prediction = prediction
         self.process = process
         # Pixels per latent pixel: SDXL's time ids are in image pixels.
         self.vae_scale_factor = vae_scale_factor
-
-    @property
-    def network(self) -> nn.Module:
-        return self.unet
 
     @property
     def patch_size(self) -> int:

@@ -21,14 +21,6 @@ from swd.models.base import Adapter, TextCondition, check_block_index, sigma_vec
 class WanAdapter(Adapter):
     """Velocity and block features of a Wan transformer on (B, C, F, H, W) latents."""
 
-    def __init__(self, transformer: nn.Module):
-        super().__init__()
-        self.transformer = transformer
-
-    @property
-    def network(self) -> nn.Module:
-        return self.transformer
-
     @property
     def patch_size(self) -> tuple[int, int, int]:
         """(t, h, w): a tuple marks a video model for `ScaleSchedule.check_model`."""
