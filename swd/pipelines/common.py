@@ -1,9 +1,11 @@
 """What the SD3, FLUX and SDXL scale-wise pipelines share: argument checks, sampling and decoding.
 
-Both pipelines subclass diffusers' own pipeline of their family, so prompt encoding, component
+Each pipeline subclasses diffusers' own pipeline of its family, so prompt encoding, component
 registration, `from_pretrained`/`save_pretrained` and the LoRA loader mixins are diffusers'. What
-they replace is `__call__`: the sampling goes through `swd.sampling.sample_scalewise`, the one
-sampling path of the project, and the image size follows the schedule's last scale.
+they replace is `__call__`: each family checks its inputs and encodes its prompts (step 1), then
+`ScaleWisePipelineMixin.generate` builds the denoiser (step 2), samples through
+`swd.sampling.sample_scalewise`, the one sampling path of the project (step 3), and decodes (step
+4). The image size follows the schedule's last scale.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 
 from swd.errors import SwdError
 from swd.models.base import TextCondition
-from swd.sampling import UPSAMPLE_MODES, sample_scalewise
+from swd.sampling import UPSAMPLE_MODES, conditioned, guided, sample_scalewise
 from swd.schedules import ScaleSchedule, resolve_schedule
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -194,8 +196,8 @@ def check_common(
 
 
 def _same_model(a, b) -> bool:
-    """Two adapters over the same transformer with the same settings (FLUX: embedded guidance)."""
-    return a.transformer is b.transformer and getattr(a, "guidance", None) == getattr(b, "guidance", None)
+    """Two adapters over the same network with the same settings (FLUX: embedded guidance)."""
+    return a.network is b.network and getattr(a, "guidance", None) == getattr(b, "guidance", None)
 
 
 def _describe(value) -> str:
@@ -223,6 +225,51 @@ class ScaleWisePipelineMixin:
     def _condition(self, prompt_embeds, pooled, num_images_per_prompt: int, device, dtype) -> TextCondition:
         cond = TextCondition(prompt_embeds.to(device, dtype), pooled.to(device, dtype))
         return cond.repeat(num_images_per_prompt)
+
+    def _start_call(self, guidance_scale, clip_skip=None) -> None:
+        """The call state diffusers' properties read (`guidance_scale`, `clip_skip`, `interrupt`, ...)."""
+        self._guidance_scale = guidance_scale
+        self._clip_skip = clip_skip
+        self._joint_attention_kwargs = None
+        self._cross_attention_kwargs = None
+        self._interrupt = False
+
+    def denoiser(self, adapter, cond: TextCondition, uncond: Optional[TextCondition], guidance_scale: float, device):
+        """Step 2 of `__call__`: the student alone (`uncond` None), or classifier-free guidance against
+        the negative prompts; through the compiled adapter after `compile()`.
+
+        Guidance mixes the model's outputs (a velocity, eps or v, each linear in x0), so one rule
+        serves the flow transformers and the noise-prediction UNets alike.
+        """
+        model = self.fast_adapter(adapter, device)
+        if uncond is None:
+            return conditioned(model, cond)
+        if uncond.prompt_embeds.shape[1:] != cond.prompt_embeds.shape[1:]:
+            raise SwdError(
+                f"negative_prompt_embeds: shape {tuple(uncond.prompt_embeds.shape)} does not match the "
+                f"encoded prompts {tuple(cond.prompt_embeds.shape)} outside the batch dimension"
+            )
+        return guided(model, cond, uncond, float(guidance_scale))
+
+    def generate(self, adapter, schedule: ScaleSchedule, text: tuple, negative_text: Optional[tuple], *,
+                 guidance_scale: float, num_images_per_prompt: int, generator, latents, upsample_mode: str,
+                 callback, output_type: str):
+        """Steps 2-4 of `__call__` once the prompts are encoded: denoiser, scale-wise sampling, decoding.
+
+        text: (prompt_embeds (B, L, D), pooled (B, D)) of the prompts, one row per prompt;
+        negative_text: the same for the negative prompts, or None for no guidance. Each row is
+        repeated num_images_per_prompt times. Returns the decoded images (`decode_latents`).
+        """
+        device, dtype = self._execution_device, adapter.dtype
+        cond = self._condition(*text, num_images_per_prompt, device, dtype)
+        uncond = None if negative_text is None else self._condition(*negative_text, num_images_per_prompt, device, dtype)
+        denoiser = self.denoiser(adapter, cond, uncond, guidance_scale, device)
+        # Noise at the first scale to x0 at the last; `adapter.process` turns eps/v predictions into x0.
+        x0 = self._sample(denoiser, adapter, schedule, cond.batch_size, generator, device, dtype, latents, upsample_mode,
+                          callback)
+        images = self.decode_latents(x0, output_type)
+        self.maybe_free_model_hooks()
+        return images
 
     def compile(self, enabled: bool = True, mode: Optional[str] = None):
         """Sample through `torch.compile` with one static graph per scale (the fast path).

@@ -30,7 +30,6 @@ from swd.pipelines.common import (
     check_schedule,
     unwrap_transformer,
 )
-from swd.sampling import conditioned
 from swd.schedules import ScaleSchedule
 
 PromptArg = Optional[Union[str, list[str]]]
@@ -94,6 +93,8 @@ class SwDFluxPipeline(ScaleWisePipelineMixin, FluxPipeline):
         prompt_2: PromptArg = None,
         *,
         schedule: Union[str, ScaleSchedule, None] = None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
         prompt_embeds: Optional[torch.Tensor] = None,
         pooled_prompt_embeds: Optional[torch.Tensor] = None,
         guidance_scale: float = default_guidance,
@@ -107,6 +108,7 @@ class SwDFluxPipeline(ScaleWisePipelineMixin, FluxPipeline):
         """Validate every argument of `__call__` (SwdError naming the field); returns the resolved schedule."""
         adapter = self.model_adapter()
         schedule = check_schedule(schedule, adapter, self.default_schedule)
+        check_image_size(schedule, height, width, self.vae_scale_factor)
         batch = check_prompts({"prompt": prompt, "prompt_2": prompt_2}, prompt_embeds, pooled_prompt_embeds)
         if prompt_embeds is None and not self._has_text_encoders():
             raise SwdError(
@@ -167,11 +169,12 @@ class SwDFluxPipeline(ScaleWisePipelineMixin, FluxPipeline):
         Returns FluxPipelineOutput(images=...), or (images,) with return_dict=False.
         """
         # The authors' call style: scales= and sigmas= (trailing 0 optional), timesteps= and height/width checked.
-        schedule = authors_schedule(schedule, scales, sigmas, timesteps)
         schedule = self.check_inputs(
             prompt,
             prompt_2,
-            schedule=schedule,
+            schedule=authors_schedule(schedule, scales, sigmas, timesteps),
+            height=height,
+            width=width,
             prompt_embeds=prompt_embeds,
             pooled_prompt_embeds=pooled_prompt_embeds,
             guidance_scale=guidance_scale,
@@ -182,36 +185,24 @@ class SwDFluxPipeline(ScaleWisePipelineMixin, FluxPipeline):
             upsample_mode=upsample_mode,
             max_sequence_length=max_sequence_length,
         )
-        # The authors' calls pass height/width of the first scale; the image has the last scale's size.
-        check_image_size(schedule, height, width, self.vae_scale_factor)
-        self._guidance_scale = guidance_scale
-        self._joint_attention_kwargs = None
-        self._interrupt = False
-        device = self._execution_device
-        adapter = self.model_adapter(float(guidance_scale))
+        self._start_call(guidance_scale)
 
-        # 1. Text: diffusers' own encoders; per-image copies are made below, for embeddings too.
+        # 1. Text: diffusers' own encoders; per-image copies are made in step 2, for embeddings too.
         prompt_embeds, pooled_prompt_embeds, _ = self.encode_prompt(
             prompt=prompt,
             prompt_2=prompt_2,
-            device=device,
+            device=self._execution_device,
             num_images_per_prompt=1,
             prompt_embeds=prompt_embeds,
             pooled_prompt_embeds=pooled_prompt_embeds,
             max_sequence_length=max_sequence_length,
         )
-        dtype = adapter.dtype
-        cond = self._condition(prompt_embeds, pooled_prompt_embeds, num_images_per_prompt, device, dtype)
 
-        # 2. Scale-wise sampling on unpacked latents; the adapter packs them for the transformer.
-        x0 = self._sample(
-            conditioned(self.fast_adapter(adapter, device), cond), adapter, schedule, cond.batch_size, generator, device, dtype, latents,
-            upsample_mode, callback,
+        # 2-4. The student with its embedded guidance (one forward a step), sampling on unpacked latents
+        # (the adapter packs them for the transformer), decoding.
+        images = self.generate(
+            self.model_adapter(float(guidance_scale)), schedule, (prompt_embeds, pooled_prompt_embeds), None,
+            guidance_scale=guidance_scale, num_images_per_prompt=num_images_per_prompt, generator=generator,
+            latents=latents, upsample_mode=upsample_mode, callback=callback, output_type=output_type,
         )
-
-        # 3. Decode.
-        images = self.decode_latents(x0, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return FluxPipelineOutput(images=images)
+        return FluxPipelineOutput(images=images) if return_dict else (images,)

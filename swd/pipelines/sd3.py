@@ -36,7 +36,6 @@ from swd.pipelines.common import (
     check_schedule,
     unwrap_transformer,
 )
-from swd.sampling import conditioned, guided
 from swd.schedules import ScaleSchedule
 
 PromptArg = Optional[Union[str, list[str]]]
@@ -107,6 +106,8 @@ class SwDStableDiffusion3Pipeline(ScaleWisePipelineMixin, StableDiffusion3Pipeli
         prompt_3: PromptArg = None,
         *,
         schedule: Union[str, ScaleSchedule, None] = None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
         negative_prompt: PromptArg = None,
         negative_prompt_2: PromptArg = None,
         negative_prompt_3: PromptArg = None,
@@ -125,6 +126,7 @@ class SwDStableDiffusion3Pipeline(ScaleWisePipelineMixin, StableDiffusion3Pipeli
         """Validate every argument of `__call__` (SwdError naming the field); returns the resolved schedule."""
         adapter = self.model_adapter()
         schedule = check_schedule(schedule, adapter, self.default_schedule)
+        check_image_size(schedule, height, width, self.vae_scale_factor)
         batch = check_prompts(
             {"prompt": prompt, "prompt_2": prompt_2, "prompt_3": prompt_3}, prompt_embeds, pooled_prompt_embeds
         )
@@ -222,12 +224,13 @@ class SwDStableDiffusion3Pipeline(ScaleWisePipelineMixin, StableDiffusion3Pipeli
         Returns StableDiffusion3PipelineOutput(images=...), or (images,) with return_dict=False.
         """
         # The authors' call style: scales= and sigmas= (trailing 0 optional), timesteps= and height/width checked.
-        schedule = authors_schedule(schedule, scales, sigmas, timesteps)
         schedule = self.check_inputs(
             prompt,
             prompt_2,
             prompt_3,
-            schedule=schedule,
+            schedule=authors_schedule(schedule, scales, sigmas, timesteps),
+            height=height,
+            width=width,
             negative_prompt=negative_prompt,
             negative_prompt_2=negative_prompt_2,
             negative_prompt_3=negative_prompt_3,
@@ -243,22 +246,15 @@ class SwDStableDiffusion3Pipeline(ScaleWisePipelineMixin, StableDiffusion3Pipeli
             upsample_mode=upsample_mode,
             max_sequence_length=max_sequence_length,
         )
-        # The authors' calls pass height/width of the first scale; the image has the last scale's size.
-        check_image_size(schedule, height, width, self.vae_scale_factor)
-        self._guidance_scale = guidance_scale
-        self._clip_skip = clip_skip
-        self._joint_attention_kwargs = None
-        self._interrupt = False
-        device = self._execution_device
-        adapter = self.model_adapter()
+        self._start_call(guidance_scale, clip_skip)
         use_cfg = guidance_scale > 1
 
-        # 1. Text: diffusers' own encoder stack; per-image copies are made below, for embeddings too.
+        # 1. Text: diffusers' own encoder stack; per-image copies are made in step 2, for embeddings too.
         prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds = self.encode_prompt(
             prompt=prompt,
             prompt_2=prompt_2,
             prompt_3=prompt_3,
-            device=device,
+            device=self._execution_device,
             num_images_per_prompt=1,
             do_classifier_free_guidance=use_cfg,
             negative_prompt=negative_prompt,
@@ -271,31 +267,12 @@ class SwDStableDiffusion3Pipeline(ScaleWisePipelineMixin, StableDiffusion3Pipeli
             clip_skip=clip_skip,
             max_sequence_length=max_sequence_length,
         )
-        dtype = adapter.dtype
-        cond = self._condition(prompt_embeds, pooled_prompt_embeds, num_images_per_prompt, device, dtype)
 
-        # 2. Denoiser: the student alone, or with CFG against the negative prompt.
-        if use_cfg:
-            if negative_prompt_embeds.shape[1:] != prompt_embeds.shape[1:]:
-                raise SwdError(
-                    f"negative_prompt_embeds: shape {tuple(negative_prompt_embeds.shape)} does not match the "
-                    f"encoded prompts {tuple(prompt_embeds.shape)} outside the batch dimension"
-                )
-            uncond = self._condition(
-                negative_prompt_embeds, negative_pooled_prompt_embeds, num_images_per_prompt, device, dtype
-            )
-            denoiser = guided(self.fast_adapter(adapter, device), cond, uncond, float(guidance_scale))
-        else:
-            denoiser = conditioned(self.fast_adapter(adapter, device), cond)
-
-        # 3. Scale-wise sampling from noise at the first scale to x0 at the last.
-        x0 = self._sample(
-            denoiser, adapter, schedule, cond.batch_size, generator, device, dtype, latents, upsample_mode, callback
+        # 2-4. Denoiser (the student alone, or CFG against the negative prompt), scale-wise sampling, decoding.
+        negatives = (negative_prompt_embeds, negative_pooled_prompt_embeds) if use_cfg else None
+        images = self.generate(
+            self.model_adapter(), schedule, (prompt_embeds, pooled_prompt_embeds), negatives,
+            guidance_scale=guidance_scale, num_images_per_prompt=num_images_per_prompt, generator=generator,
+            latents=latents, upsample_mode=upsample_mode, callback=callback, output_type=output_type,
         )
-
-        # 4. Decode.
-        images = self.decode_latents(x0, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return StableDiffusion3PipelineOutput(images=images)
+        return StableDiffusion3PipelineOutput(images=images) if return_dict else (images,)

@@ -41,7 +41,6 @@ from swd.pipelines.common import (
     unwrap_transformer,
 )
 from swd.processes import process_from_scheduler_config, sdxl_process
-from swd.sampling import conditioned, guided
 from swd.schedules import ScaleSchedule
 
 PromptArg = Optional[Union[str, list[str]]]
@@ -209,11 +208,10 @@ class SwDStableDiffusionXLPipeline(ScaleWisePipelineMixin, StableDiffusionXLPipe
         force_zeros_for_empty_prompt). callback(step=, x=, sigma=, x0=) after every step.
         Returns StableDiffusionXLPipelineOutput(images=...), or (images,) with return_dict=False.
         """
-        schedule = authors_schedule(schedule, scales, sigmas, timesteps)
         schedule = self.check_inputs(
             prompt,
             prompt_2,
-            schedule=schedule,
+            schedule=authors_schedule(schedule, scales, sigmas, timesteps),
             height=height,
             width=width,
             negative_prompt=negative_prompt,
@@ -229,19 +227,14 @@ class SwDStableDiffusionXLPipeline(ScaleWisePipelineMixin, StableDiffusionXLPipe
             output_type=output_type,
             upsample_mode=upsample_mode,
         )
-        self._guidance_scale = guidance_scale
-        self._clip_skip = clip_skip
-        self._cross_attention_kwargs = None
-        self._interrupt = False
-        device = self._execution_device
-        adapter = self.model_adapter()
+        self._start_call(guidance_scale, clip_skip)
         use_cfg = guidance_scale > 1
 
-        # 1. Text: diffusers' own two-encoder stack; per-image copies are made below.
+        # 1. Text: diffusers' own two-encoder stack; per-image copies are made in step 2.
         prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds = self.encode_prompt(
             prompt=prompt,
             prompt_2=prompt_2,
-            device=device,
+            device=self._execution_device,
             num_images_per_prompt=1,
             do_classifier_free_guidance=use_cfg,
             negative_prompt=negative_prompt,
@@ -252,26 +245,13 @@ class SwDStableDiffusionXLPipeline(ScaleWisePipelineMixin, StableDiffusionXLPipe
             negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
             clip_skip=clip_skip,
         )
-        dtype = adapter.dtype
-        cond = self._condition(prompt_embeds, pooled_prompt_embeds, num_images_per_prompt, device, dtype)
 
-        # 2. Denoiser: the student alone, or with CFG (on the UNet's output, eps or v: linear in x0).
-        if use_cfg:
-            uncond = self._condition(
-                negative_prompt_embeds, negative_pooled_prompt_embeds, num_images_per_prompt, device, dtype
-            )
-            denoiser = guided(adapter, cond, uncond, float(guidance_scale))
-        else:
-            denoiser = conditioned(adapter, cond)
-
-        # 3. Scale-wise sampling from noise at the first scale to x0 at the last (adapter.process).
-        x0 = self._sample(
-            denoiser, adapter, schedule, cond.batch_size, generator, device, dtype, latents, upsample_mode, callback
+        # 2-4. Denoiser (the student alone, or CFG on the UNet's eps or v), sampling (x0 through
+        # adapter.process), decoding.
+        negatives = (negative_prompt_embeds, negative_pooled_prompt_embeds) if use_cfg else None
+        images = self.generate(
+            self.model_adapter(), schedule, (prompt_embeds, pooled_prompt_embeds), negatives,
+            guidance_scale=guidance_scale, num_images_per_prompt=num_images_per_prompt, generator=generator,
+            latents=latents, upsample_mode=upsample_mode, callback=callback, output_type=output_type,
         )
-
-        # 4. Decode.
-        images = self.decode_latents(x0, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return StableDiffusionXLPipelineOutput(images=images)
+        return StableDiffusionXLPipelineOutput(images=images) if return_dict else (images,)

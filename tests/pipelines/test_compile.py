@@ -1,6 +1,6 @@
 """The compiled fast path (`pipe.compile()`): same latents as eager, one graph per scale, compile time kept.
 
-Tiny random SD3 and FLUX pipelines, two scales, so compilation stays within seconds on a CPU.
+Tiny random SD3, FLUX and SDXL pipelines, two scales, so compilation stays within seconds on a CPU.
 Tolerance: inductor reorders and fuses float32 arithmetic, so compiled and eager latents agree to
 rounding, not bit for bit; 1e-4 absolute on latents of unit scale is ~1000x float32 epsilon and
 far below any difference a wrong graph (a stale scale, a missed re-noise) would make (> 1e-1).
@@ -9,10 +9,10 @@ far below any difference a wrong graph (a stale scale, a missed re-noise) would 
 import pytest
 import torch
 
-from swd.pipelines import SwDFluxPipeline, SwDStableDiffusion3Pipeline
+from swd.pipelines import SwDFluxPipeline, SwDStableDiffusion3Pipeline, SwDStableDiffusionXLPipeline
 from swd.schedules import ScaleSchedule
 
-from tests.pipelines import embeddings, flux_components, sd3_components
+from tests.pipelines import embeddings, flux_components, sd3_components, sdxl_components
 
 TWO_SCALES = ScaleSchedule(scales=(8, 16), sigmas=(1.0, 0.7371), name="tiny-2")
 ATOL = 1e-4
@@ -26,10 +26,12 @@ def _run(pipe, seed=0, **kwargs):
                 generator=torch.Generator().manual_seed(seed), output_type="latent", **kwargs).images
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux"])
+@pytest.mark.parametrize("family", ["sd3", "flux", "sdxl"])
 def test_compiled_pipeline_matches_eager_with_one_graph_per_scale(family):
+    # The SDXL UNet takes the same widths: 16 (two 8-wide CLIPs' states) and pooled 8.
     cls, parts = {"sd3": (SwDStableDiffusion3Pipeline, sd3_components),
-                  "flux": (SwDFluxPipeline, flux_components)}[family]
+                  "flux": (SwDFluxPipeline, flux_components),
+                  "sdxl": (SwDStableDiffusionXLPipeline, sdxl_components)}[family]
     pipe = cls(**parts(with_text=False))
     pipe.set_progress_bar_config(disable=True)
     eager = _run(pipe)

@@ -192,3 +192,13 @@ def test_without_text_encoders_embeddings_are_required():
     with pytest.raises(SwdError, match="guidance_scale > 1 needs negative embeddings"):
         bare(prompt_embeds=pe, pooled_prompt_embeds=pp, guidance_scale=3.0, schedule=TINY_SCHEDULE)
     assert run(bare, prompt_embeds=pe, pooled_prompt_embeds=pp).shape == (1, 4, 24, 24)
+
+
+def test_negative_embeddings_of_another_shape_are_one_line(pipe):
+    pe, pp = embeddings(1)  # 5 tokens
+    with pytest.raises(SwdError, match=r"negative_prompt_embeds: shape \(1, 6, 16\) does not match prompt_embeds"):
+        run(pipe, prompt_embeds=pe, pooled_prompt_embeds=pp, guidance_scale=3.0,
+            negative_prompt_embeds=torch.zeros(1, 6, 16), negative_pooled_prompt_embeds=pp)
+    # Against prompts the pipeline encodes itself (8 CLIP + 6 T5 tokens), found once they are encoded.
+    with pytest.raises(SwdError, match=r"negative_prompt_embeds: shape \(1, 5, 16\) does not match the encoded prompts"):
+        run(pipe, prompt="a cat", guidance_scale=3.0, negative_prompt_embeds=pe, negative_pooled_prompt_embeds=pp)

@@ -136,3 +136,14 @@ def test_check_inputs_names_the_field(pipe, kwargs, message):
 def test_without_text_encoders_embeddings_are_required():
     with pytest.raises(SwdError, match="no CLIP text encoders"):
         run(make_pipe(with_text=False), prompt="a cat")
+
+
+def test_negative_embeddings_of_another_shape_are_one_line(pipe):
+    embeds, pooled = embeddings(1)  # 5 tokens
+    longer = torch.zeros(1, 6, SDXL_TEXT)
+    with pytest.raises(SwdError, match=r"negative_prompt_embeds: shape \(1, 6, 16\) does not match prompt_embeds"):
+        run(pipe, prompt_embeds=embeds, pooled_prompt_embeds=pooled, guidance_scale=3.0,
+            negative_prompt_embeds=longer, negative_pooled_prompt_embeds=pooled)
+    # Against prompts the pipeline encodes itself (8 CLIP tokens), found once they are encoded.
+    with pytest.raises(SwdError, match=r"negative_prompt_embeds: shape \(1, 5, 16\) does not match the encoded prompts"):
+        run(pipe, prompt="a cat", guidance_scale=3.0, negative_prompt_embeds=embeds, negative_pooled_prompt_embeds=pooled)
