@@ -54,13 +54,8 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluator_dir(tmp_path_factory):
     """The shipped evaluator when present; a small random one otherwise (the driver is tested)."""
-    from swd.eval.evaluator import (
-        Evaluator,
-        EvaluatorConfig,
-        default_evaluator_dir,
-        evaluator_available,
-        save_evaluator,
-    )
+    from swd.eval.evaluator import default_evaluator_dir, evaluator_available, save_evaluator
+    from swd.models.evaluator import Evaluator, EvaluatorConfig
 
     if evaluator_available("emoji"):
         return default_evaluator_dir("emoji")

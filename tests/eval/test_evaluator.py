@@ -10,8 +10,6 @@ import torch
 
 from swd.errors import SwdError
 from swd.eval.evaluator import (
-    Evaluator,
-    EvaluatorConfig,
     TrainSettings,
     augment,
     contrastive_loss,
@@ -19,11 +17,11 @@ from swd.eval.evaluator import (
     evaluator_available,
     extract,
     load_evaluator,
-    prepare_images,
     retrieval,
     save_evaluator,
     train_evaluator,
 )
+from swd.models.evaluator import Evaluator, EvaluatorConfig, prepare_images
 
 
 @pytest.fixture

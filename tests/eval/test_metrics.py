@@ -80,12 +80,8 @@ def test_feature_stats_and_input_errors():
 
 def _evaluator_for_tests():
     """The shipped evaluator if it exists, else a fixed random one (same network, seeded init)."""
-    from swd.eval.evaluator import (
-        Evaluator,
-        EvaluatorConfig,
-        evaluator_available,
-        load_evaluator,
-    )
+    from swd.eval.evaluator import evaluator_available, load_evaluator
+    from swd.models.evaluator import Evaluator, EvaluatorConfig
 
     if evaluator_available("emoji"):
         return load_evaluator(data="emoji")
