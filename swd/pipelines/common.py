@@ -6,11 +6,16 @@ they replace is `__call__`: each family checks its inputs and encodes its prompt
 `ScaleWisePipelineMixin.generate` builds the denoiser (step 2), samples through
 `swd.sampling.sample_scalewise`, the one sampling path of the project (step 3), and decodes (step
 4). The image size follows the schedule's last scale.
+
+The student's schedule is an entry of the pipeline's own config (`PipelineScheduleMixin`), so
+`save_pretrained` writes it into model_index.json and `from_pretrained` gives it back, the way
+diffusers keeps SDXL's `force_zeros_for_empty_prompt`.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from pathlib import Path
+from typing import Optional, Union
 
 import torch
 
@@ -20,6 +25,8 @@ from swd.sampling import UPSAMPLE_MODES, conditioned, guided, sample_scalewise
 from swd.schedules import ScaleSchedule, resolve_schedule
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# What the trainer's export writes beside a student's config.json (`swd distill`, swd/train/distill.py).
+SCHEDULE_FILE = "schedule.yaml"
 
 
 def unwrap_transformer(transformer):
@@ -140,7 +147,7 @@ def check_image_size(schedule: ScaleSchedule, height, width, vae_scale_factor: i
                        f"({sizes[0][0]}x{sizes[0][1]} or {sizes[1][0]}x{sizes[1][1]} px); the image has the last")
 
 
-def check_schedule(schedule, adapter, default: str) -> ScaleSchedule:
+def check_schedule(schedule, adapter, default: Union[str, ScaleSchedule]) -> ScaleSchedule:
     """Resolve a preset name, a schedule file or a ScaleSchedule and check it fits the transformer."""
     schedule = default if schedule is None else schedule
     if not isinstance(schedule, (str, ScaleSchedule)):
@@ -206,8 +213,46 @@ def _describe(value) -> str:
     return type(value).__name__
 
 
-class ScaleWisePipelineMixin:
-    """Sampling and decoding for a pipeline with `transformer`, `vae` and `image_processor`."""
+ScheduleArg = Union[str, ScaleSchedule, dict, None]
+
+
+def schedule_config(schedule: ScheduleArg) -> Optional[dict]:
+    """A preset name, a schedule file, a ScaleSchedule or the mapping model_index.json holds, as the
+    JSON-ready mapping a pipeline config keeps (None stays None).
+
+    The sigmas are kept exactly (`ScaleSchedule.to_dict` rounds them to 6 decimals for files people
+    read), so a pipeline samples the same latents before `save_pretrained` and after `from_pretrained`.
+    """
+    if schedule is None:
+        return None
+    if isinstance(schedule, dict):
+        schedule = ScaleSchedule.from_dict(schedule)
+    elif not isinstance(schedule, (str, ScaleSchedule)):
+        raise SwdError(f"schedule: expected a preset name, a schedule file or a ScaleSchedule, got {_describe(schedule)}")
+    schedule = resolve_schedule(schedule)
+    return {**schedule.to_dict(), "sigmas": list(schedule.sigmas)}
+
+
+def schedule_beside(model) -> Optional[ScaleSchedule]:
+    """The schedule.yaml beside the config.json of the folder `model` was loaded from (a student the
+    trainer exported), or None (a model built in memory, a Hub id, a folder without one)."""
+    folder = getattr(getattr(model, "config", None), "_name_or_path", None)
+    if not folder:
+        return None
+    file = Path(folder) / SCHEDULE_FILE
+    return ScaleSchedule.load(file) if file.is_file() else None
+
+
+class PipelineScheduleMixin:
+    """The student's ScaleSchedule kept in the pipeline's own config, and loading that refuses pickles.
+
+    A pipeline's `__init__` takes `schedule=` and calls `set_schedule`; diffusers passes the saved
+    entry back to `__init__` on `from_pretrained`. A call's `schedule=` overrides it; without
+    either, calls use the family's published preset `default_schedule`.
+    """
+
+    default_schedule = ""
+    network_name = "transformer"  # the component the schedule belongs to ("unet" for SDXL)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -221,6 +266,33 @@ class ScaleWisePipelineMixin:
         # Safetensors only: without it diffusers falls back to torch.load of a pickled .bin.
         kwargs.setdefault("use_safetensors", True)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def set_schedule(self, schedule: ScheduleArg = None):
+        """Keep the student's schedule (preset name, file, ScaleSchedule) in the pipeline's config.
+
+        None looks for the schedule.yaml the trainer's export writes beside the student network's
+        config.json (folders exported before the config entry existed); without one the entry is
+        None and calls use `default_schedule`. Returns the pipeline.
+        """
+        if schedule is None:
+            schedule = schedule_beside(unwrap_transformer(getattr(self, self.network_name, None)))
+        self.register_to_config(schedule=schedule_config(schedule))
+        return self
+
+    @property
+    def schedule(self) -> Optional[ScaleSchedule]:
+        """The schedule in the pipeline's config, or None (calls then use `default_schedule`)."""
+        data = self.config.get("schedule")
+        return None if data is None else ScaleSchedule.from_dict(dict(data))
+
+    def call_schedule(self, schedule: ScheduleArg, adapter) -> ScaleSchedule:
+        """A call's `schedule=`, else the config's, else `default_schedule`; resolved and checked
+        against the network (patch size, largest latent size)."""
+        return check_schedule(schedule, adapter, self.schedule or self.default_schedule)
+
+
+class ScaleWisePipelineMixin(PipelineScheduleMixin):
+    """Sampling and decoding for a pipeline with `transformer`, `vae` and `image_processor`."""
 
     def _condition(self, prompt_embeds, pooled, num_images_per_prompt: int, device, dtype) -> TextCondition:
         cond = TextCondition(prompt_embeds.to(device, dtype), pooled.to(device, dtype))
@@ -343,12 +415,17 @@ class ScaleWisePipelineMixin:
 
 __all__ = [
     "OUTPUT_TYPES",
+    "PipelineScheduleMixin",
+    "SCHEDULE_FILE",
     "ScaleWisePipelineMixin",
+    "ScheduleArg",
     "check_common",
     "check_embed_widths",
     "check_negative_prompts",
     "check_prompts",
     "check_image_size",
     "check_schedule",
+    "schedule_beside",
+    "schedule_config",
     "unwrap_transformer",
 ]

@@ -27,7 +27,7 @@ from swd.pipelines.common import (
     check_prompts,
     authors_schedule,
     check_image_size,
-    check_schedule,
+    ScheduleArg,
     unwrap_transformer,
 )
 from swd.schedules import ScaleSchedule
@@ -66,6 +66,7 @@ class SwDFluxPipeline(ScaleWisePipelineMixin, FluxPipeline):
         scheduler: FlowMatchEulerDiscreteScheduler = None,
         image_encoder=None,
         feature_extractor=None,
+        schedule: ScheduleArg = None,
     ):
         super().__init__(
             scheduler=scheduler,
@@ -78,6 +79,7 @@ class SwDFluxPipeline(ScaleWisePipelineMixin, FluxPipeline):
             image_encoder=image_encoder,
             feature_extractor=feature_extractor,
         )
+        self.set_schedule(schedule)
 
     def model_adapter(self, guidance: float = default_guidance) -> FluxAdapter:
         """The sampler's view of the transformer on unpacked latents: (x, sigma, cond) -> velocity."""
@@ -107,7 +109,7 @@ class SwDFluxPipeline(ScaleWisePipelineMixin, FluxPipeline):
     ) -> ScaleSchedule:
         """Validate every argument of `__call__` (SwdError naming the field); returns the resolved schedule."""
         adapter = self.model_adapter()
-        schedule = check_schedule(schedule, adapter, self.default_schedule)
+        schedule = self.call_schedule(schedule, adapter)
         check_image_size(schedule, height, width, self.vae_scale_factor)
         batch = check_prompts({"prompt": prompt, "prompt_2": prompt_2}, prompt_embeds, pooled_prompt_embeds)
         if prompt_embeds is None and not self._has_text_encoders():
@@ -158,7 +160,8 @@ class SwDFluxPipeline(ScaleWisePipelineMixin, FluxPipeline):
         upsample_mode: str = "bicubic",
         callback: Optional[Callable[..., None]] = None,
     ):
-        """Generate images; the schedule (preset name, file or ScaleSchedule) sets steps, sizes and sigmas.
+        """Generate images; the schedule (preset name, file or ScaleSchedule; default: the pipeline's
+        `schedule`, else `default_schedule`) sets steps, sizes and sigmas.
 
         guidance_scale: FLUX's embedded guidance (ignored by models without a guidance embedding).
         generator: one CPU torch.Generator seeds the starting noise and every re-noising.

@@ -33,7 +33,7 @@ from swd.pipelines.common import (
     check_prompts,
     authors_schedule,
     check_image_size,
-    check_schedule,
+    ScheduleArg,
     unwrap_transformer,
 )
 from swd.schedules import ScaleSchedule
@@ -76,6 +76,7 @@ class SwDStableDiffusion3Pipeline(ScaleWisePipelineMixin, StableDiffusion3Pipeli
         scheduler: FlowMatchEulerDiscreteScheduler = None,
         image_encoder=None,
         feature_extractor=None,
+        schedule: ScheduleArg = None,
     ):
         super().__init__(
             transformer=transformer,
@@ -90,6 +91,7 @@ class SwDStableDiffusion3Pipeline(ScaleWisePipelineMixin, StableDiffusion3Pipeli
             image_encoder=image_encoder,
             feature_extractor=feature_extractor,
         )
+        self.set_schedule(schedule)
 
     def model_adapter(self) -> SD3Adapter:
         """The sampler's view of the transformer: (x, sigma, cond) -> velocity."""
@@ -125,7 +127,7 @@ class SwDStableDiffusion3Pipeline(ScaleWisePipelineMixin, StableDiffusion3Pipeli
     ) -> ScaleSchedule:
         """Validate every argument of `__call__` (SwdError naming the field); returns the resolved schedule."""
         adapter = self.model_adapter()
-        schedule = check_schedule(schedule, adapter, self.default_schedule)
+        schedule = self.call_schedule(schedule, adapter)
         check_image_size(schedule, height, width, self.vae_scale_factor)
         batch = check_prompts(
             {"prompt": prompt, "prompt_2": prompt_2, "prompt_3": prompt_3}, prompt_embeds, pooled_prompt_embeds
@@ -210,7 +212,8 @@ class SwDStableDiffusion3Pipeline(ScaleWisePipelineMixin, StableDiffusion3Pipeli
         upsample_mode: str = "bicubic",
         callback: Optional[Callable[..., None]] = None,
     ):
-        """Generate images; the schedule (preset name, file or ScaleSchedule) sets steps, sizes and sigmas.
+        """Generate images; the schedule (preset name, file or ScaleSchedule; default: the pipeline's
+        `schedule`, else `default_schedule`) sets steps, sizes and sigmas.
 
         generator: one CPU torch.Generator seeds the starting noise and every re-noising, so the same
             seed gives the same images on any device. latents: optional starting noise,

@@ -37,7 +37,7 @@ from swd.pipelines.common import (
     check_image_size,
     check_negative_prompts,
     check_prompts,
-    check_schedule,
+    ScheduleArg,
     unwrap_transformer,
 )
 from swd.processes import process_from_scheduler_config, sdxl_process
@@ -55,6 +55,7 @@ class SwDStableDiffusionXLPipeline(ScaleWisePipelineMixin, StableDiffusionXLPipe
     """
 
     default_schedule = "sdxl-4"
+    network_name = "unet"
     _optional_components = [
         "scheduler",
         "text_encoder",
@@ -78,6 +79,7 @@ class SwDStableDiffusionXLPipeline(ScaleWisePipelineMixin, StableDiffusionXLPipe
         feature_extractor=None,
         force_zeros_for_empty_prompt: bool = True,
         add_watermarker: Optional[bool] = False,
+        schedule: ScheduleArg = None,
     ):
         super().__init__(
             vae=vae,
@@ -92,6 +94,7 @@ class SwDStableDiffusionXLPipeline(ScaleWisePipelineMixin, StableDiffusionXLPipe
             force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
             add_watermarker=add_watermarker,
         )
+        self.set_schedule(schedule)
 
     def noise_process(self):
         """The forward process of the scheduler's config (SDXL's DDPM without a scheduler)."""
@@ -138,7 +141,7 @@ class SwDStableDiffusionXLPipeline(ScaleWisePipelineMixin, StableDiffusionXLPipe
     ) -> ScaleSchedule:
         """Validate every argument of `__call__` (SwdError naming the field); returns the resolved schedule."""
         adapter = self.model_adapter()
-        schedule = check_schedule(schedule, adapter, self.default_schedule)
+        schedule = self.call_schedule(schedule, adapter)
         check_image_size(schedule, height, width, self.vae_scale_factor)
         batch = check_prompts({"prompt": prompt, "prompt_2": prompt_2}, prompt_embeds, pooled_prompt_embeds)
         if prompt_embeds is None and not self._has_text_encoders():
@@ -199,7 +202,8 @@ class SwDStableDiffusionXLPipeline(ScaleWisePipelineMixin, StableDiffusionXLPipe
         upsample_mode: str = "bicubic",
         callback: Optional[Callable[..., None]] = None,
     ):
-        """Generate images; the schedule (preset name, file or ScaleSchedule) sets steps, sizes and sigmas.
+        """Generate images; the schedule (preset name, file or ScaleSchedule; default: the pipeline's
+        `schedule`, else `default_schedule`) sets steps, sizes and sigmas.
 
         The authors' call: `pipe(prompt, timesteps=1000 * sigmas (trailing 0 included), scales=[...],
         height=1024, width=1024, guidance_scale=1.0)`; height/width may be the first or last scale's

@@ -25,7 +25,7 @@ from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from swd.errors import SwdError
 from swd.models.base import TextCondition
 from swd.models.wan import WanAdapter
-from swd.pipelines.common import check_schedule, unwrap_transformer
+from swd.pipelines.common import PipelineScheduleMixin, ScheduleArg, unwrap_transformer
 from swd.sampling import TIME_MODES, UPSAMPLE_MODES, conditioned, guided, sample_scalewise
 from swd.schedules import ScaleSchedule
 
@@ -53,7 +53,7 @@ def _check_embeds(name: str, embeds, width: int) -> None:
         raise SwdError(f"{name}: last dimension {embeds.shape[-1]} does not match the transformer's text_dim {width}")
 
 
-class SwDWanPipeline(WanPipeline):
+class SwDWanPipeline(PipelineScheduleMixin, WanPipeline):
     """Few-step spatio-temporal scale-wise text-to-video generation with a Wan2.1 student.
 
     Components are those of `WanPipeline`; the UMT5 encoder and tokenizer are optional (without
@@ -73,14 +73,11 @@ class SwDWanPipeline(WanPipeline):
         transformer_2=None,
         boundary_ratio=None,
         expand_timesteps: bool = False,
+        schedule: ScheduleArg = None,
     ):
         super().__init__(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
                          transformer=transformer, transformer_2=None, boundary_ratio=None, expand_timesteps=False)
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        kwargs.setdefault("use_safetensors", True)  # never diffusers' pickled .bin fallback
-        return super().from_pretrained(*args, **kwargs)
+        self.set_schedule(schedule)
 
     def model_adapter(self) -> WanAdapter:
         return WanAdapter(unwrap_transformer(self.transformer))
@@ -104,7 +101,7 @@ class SwDWanPipeline(WanPipeline):
     ) -> tuple[ScaleSchedule, int]:
         """Validate every argument of `__call__` (SwdError naming the field); (schedule, prompts)."""
         adapter = self.model_adapter()
-        schedule = check_schedule(schedule, adapter, self.default_schedule)
+        schedule = self.call_schedule(schedule, adapter)
         width = adapter.config.text_dim
         if prompt is not None and prompt_embeds is not None:
             raise SwdError("prompt and prompt_embeds: give either prompts or precomputed embeddings, not both")
@@ -194,8 +191,8 @@ class SwDWanPipeline(WanPipeline):
         time_mode: str = "linear",
         callback: Optional[Callable[..., None]] = None,
     ):
-        """Generate videos; the schedule (a video preset, file or ScaleSchedule) sets the steps,
-        (frames, h, w) latent sizes and sigmas.
+        """Generate videos; the schedule (a video preset, file or ScaleSchedule; default: the pipeline's
+        `schedule`, else `default_schedule`) sets the steps, (frames, h, w) latent sizes and sigmas.
 
         output_type: 'np' (B, F, H, W, 3) in [0, 1], 'pil' (a list of frame lists), 'pt'
             (B, F, 3, H, W), or 'latent' (B, C, frames, h, w) at the last scale, still normalised.
