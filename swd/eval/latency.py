@@ -25,7 +25,7 @@ import torch
 
 from swd.errors import SwdError
 from swd.models.base import TextCondition
-from swd.sampling import conditioned, guided, make_generator, sample_scalewise, sample_teacher
+from swd.sampling import TeacherSampler, make_generator, sample
 from swd.schedules import ScaleSchedule
 
 
@@ -110,15 +110,16 @@ def bench_sampling(
     from swd.models.compiled import CompiledAdapter, warm_up
 
     batch = cond.batch_size
-    channels = adapter.latent_channels
     if compiled and not isinstance(adapter, CompiledAdapter):
         adapter = CompiledAdapter(adapter, device)
     is_compiled = isinstance(adapter, CompiledAdapter)
     mode = "compiled" if is_compiled else "eager"
     threads = torch.get_num_threads() if device.type == "cpu" else None
 
-    def run_schedule(sched: ScaleSchedule, den):
-        return lambda: sample_scalewise(den, sched, batch, channels, generator=make_generator(0), device=device, dtype=dtype)
+    def run(spec, size=None):
+        """One sampling run with `spec`, from the same noise every call."""
+        return lambda: sample(adapter, spec, cond, uncond, generator=make_generator(0), device=device, size=size,
+                              dtype=dtype)
 
     def compile_now(fn) -> float | None:
         """Warm the compiled path up on fn (every shape it meets); seconds of the new first calls."""
@@ -135,19 +136,17 @@ def bench_sampling(
     rows: list[LatencyRow] = []
     with torch.inference_mode():
         if teacher_steps > 0:
-            den = guided(adapter, cond, uncond, teacher_cfg)
-            size = schedules[0].final_size if schedules else None
-            fn = lambda: sample_teacher(den, size, batch, channels, steps=teacher_steps, generator=make_generator(0),
-                                        device=device, dtype=dtype)
+            # At the schedules' final size (without schedules, the model's sample size).
+            fn = run(TeacherSampler(steps=teacher_steps, guidance=teacher_cfg),
+                     schedules[0].final_size if schedules else None)
             compile_s = compile_now(fn)
             times = time_call(fn, device, warmup, repeats)
             rows.append(row(f"teacher {teacher_steps} steps" + (f" + CFG {teacher_cfg}" if teacher_cfg != 1 else ""),
                             teacher_steps, teacher_steps, batch * (2 if teacher_cfg != 1 else 1), times, compile_s))
         for sched in schedules:
-            den = conditioned(adapter, cond)
             label = f"{'SwD' if sched.is_scale_wise else 'few-step'} {sched.name}"
             if include_full and sched.is_scale_wise:
-                full_fn, fn = run_schedule(sched.at_full_resolution(), den), run_schedule(sched, den)
+                full_fn, fn = run(sched.at_full_resolution()), run(sched)
                 full_compile, compile_s = compile_now(full_fn), compile_now(fn)
                 full_times, times = time_interleaved([full_fn, fn], device, warmup, repeats)
                 full_row = row(f"full resolution {sched.steps} steps", sched.steps, sched.steps, batch, full_times,
@@ -156,7 +155,7 @@ def bench_sampling(
                 this.ratio_to_full = this.seconds / full_row.seconds
                 rows += [full_row, this]
             else:
-                fn = run_schedule(sched, den)
+                fn = run(sched)
                 compile_s = compile_now(fn)
                 rows.append(row(label, sched.steps, sched.steps, batch, time_call(fn, device, warmup, repeats),
                                 compile_s))

@@ -43,6 +43,20 @@ def test_bench_runs_each_sampler_with_the_right_forwards():
     assert len(swd.all_seconds) == 2
 
 
+def test_bench_without_schedules_times_the_teacher_at_the_model_size():
+    """The teacher row goes through `sample`: with no schedule to take a size from, it runs at the
+    model's own sample size (the direct sampler call this replaced was given size None)."""
+    from types import SimpleNamespace
+
+    adapter = CountingAdapter()
+    adapter.config = SimpleNamespace(sample_size=24)
+    cond, uncond = make_cond(1, joint=4, pooled=4), make_cond(1, joint=4, pooled=4, seed=2)
+    rows = bench_sampling(adapter, cond, uncond, [], torch.device("cpu"), torch.float32, teacher_steps=2,
+                          teacher_cfg=1.0, warmup=0, repeats=1)
+    assert [r.label for r in rows] == ["teacher 2 steps"] and rows[0].batch_per_forward == 1
+    assert adapter.calls == [((24, 24), 1, 1)] * 2  # CFG 1: one conditional forward per step
+
+
 def test_time_interleaved_alternates_the_calls():
     calls = []
     times = time_interleaved([lambda: calls.append("a"), lambda: calls.append("b")], torch.device("cpu"),
