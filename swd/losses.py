@@ -9,8 +9,9 @@ What lives here (weights and the choice of noise levels belong to the trainer's 
   chosen by name through `build_mmd_loss` (config key: "linear" or "rbf").
 - `GANHead`, `gan_generator_loss`, `gan_discriminator_loss`: the non-saturating GAN on block features.
 - `fake_score_loss`: the fake-score model's regression onto the generator's detached samples.
-- `cfg`, `sample_grid_sigmas`, `x0_from_velocity`: the tiny helpers the above need (`add_noise` is
-  `swd.sampling.add_noise`, re-exported).
+- `cfg`, `sample_grid_sigmas`: the tiny helpers the above need (`add_noise` is
+  `swd.sampling.add_noise`, re-exported; the clean estimate is the forward process's
+  `swd.processes.FLOW.x0`, or `process.x0` for a UNet's DDPM process).
 
 None of these call backward or touch an optimizer: they take tensors and return a scalar loss (or a
 tensor), so the trainer composes, weights and steps them. Half-precision inputs are upcast to
@@ -41,7 +42,6 @@ __all__ = [
     "gan_generator_loss",
     "gan_head_widths",
     "sample_grid_sigmas",
-    "x0_from_velocity",
 ]
 
 
@@ -58,11 +58,6 @@ def _per_sample(sigma: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor
 
 
 # Noise helpers.
-
-
-def x0_from_velocity(x: torch.Tensor, sigma: torch.Tensor | float, v: torch.Tensor) -> torch.Tensor:
-    """Clean estimate from a velocity prediction: `x0_hat = x - sigma * v` (sigma as in `add_noise`)."""
-    return x - _per_sample(sigma, x) * v
 
 
 def sample_grid_sigmas(

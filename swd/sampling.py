@@ -250,7 +250,7 @@ def sample_euler(
         sigma, sigma_next = sigmas[k], sigmas[k + 1]
         v = denoiser(x, torch.full((x.shape[0],), sigma, device=x.device, dtype=torch.float32))
         if callback is not None:
-            callback(step=k, x=x, sigma=sigma, x0=x - sigma * v)
+            callback(step=k, x=x, sigma=sigma, x0=FLOW.x0(x, sigma, v))
         x = x + (sigma_next - sigma) * v
     return x
 

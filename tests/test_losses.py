@@ -23,8 +23,8 @@ from swd.losses import (
     gan_generator_loss,
     gan_head_widths,
     sample_grid_sigmas,
-    x0_from_velocity,
 )
+from swd.processes import FLOW
 
 F64 = torch.float64
 
@@ -47,22 +47,22 @@ def test_add_noise_hand_value_and_per_sample_broadcast():
     assert torch.equal(add_noise(x0, 0.0, eps), x0)
 
 
-def test_add_noise_then_x0_from_velocity_round_trip():
+def test_add_noise_then_flow_x0_round_trip():
     g = _gen(1)
     x0 = torch.randn(3, 4, 5, 5, generator=g, dtype=F64)
     eps = torch.randn(3, 4, 5, 5, generator=g, dtype=F64)
     sigma = torch.tensor([1.0, 0.6022, 0.0089], dtype=F64)
     x = add_noise(x0, sigma, eps)
     v = eps - x0  # the exact flow-matching velocity
-    torch.testing.assert_close(x0_from_velocity(x, sigma, v), x0, rtol=0, atol=1e-12)
+    torch.testing.assert_close(FLOW.x0(x, sigma, v), x0, rtol=0, atol=1e-12)
     # A wrong velocity does not recover x0 (the check can fail).
-    assert not torch.allclose(x0_from_velocity(x, sigma, eps + x0), x0)
+    assert not torch.allclose(FLOW.x0(x, sigma, eps + x0), x0)
 
 
-def test_x0_from_velocity_hand_value():
+def test_flow_x0_from_velocity_hand_value():
     x = torch.tensor([[3.0, 1.0]])
     v = torch.tensor([[2.0, -4.0]])
-    torch.testing.assert_close(x0_from_velocity(x, torch.tensor([0.5]), v), torch.tensor([[2.0, 3.0]]))
+    torch.testing.assert_close(FLOW.x0(x, torch.tensor([0.5]), v), torch.tensor([[2.0, 3.0]]))
 
 
 def test_cfg_hand_values():
