@@ -1,8 +1,12 @@
-"""Tiny random SD3 / FLUX pipeline components, built offline (no model hub).
+"""Tiny random SD3 / FLUX / SDXL / Wan pipeline components, built offline (no model hub), and the
+call every pipeline test makes (`sample`).
 
 Tokenizers are made in memory from a few hundred vocabulary entries: a byte-level BPE CLIP
-tokenizer and a unigram T5 tokenizer. Text encoders, VAE and transformers are random-weight
+tokenizer and a unigram T5 tokenizer. Text encoders, VAEs, transformers and UNets are random-weight
 models small enough that a 4-step scale-wise run takes well under a second on a CPU.
+
+Each test module says what differs: its `make_pipe()` (the `pipe` fixture of conftest.py builds
+it once per module) and its `run()`, `sample` with the module's schedule and text length.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import string
 
 import torch
-from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderKLWan, FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
@@ -19,6 +23,8 @@ from transformers import (
     T5Config,
     T5EncoderModel,
     T5Tokenizer,
+    UMT5Config,
+    UMT5EncoderModel,
 )
 
 from swd.models.configs import ARCHS
@@ -62,11 +68,12 @@ def clip_encoder(hidden: int, projection: int | None, seed: int):
     return model.eval()
 
 
-def t5_encoder(d_model: int, seed: int) -> T5EncoderModel:
+def t5_encoder(d_model: int, seed: int, config_class=T5Config, model_class=T5EncoderModel):
+    """A one-layer T5 encoder (or UMT5, Wan's, with its config and model classes)."""
     torch.manual_seed(seed)
-    config = T5Config(vocab_size=40, d_model=d_model, d_kv=4, d_ff=2 * d_model, num_layers=1, num_heads=2,
-                      relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1)
-    return T5EncoderModel(config).eval()
+    config = config_class(vocab_size=40, d_model=d_model, d_kv=4, d_ff=2 * d_model, num_layers=1, num_heads=2,
+                          relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1)
+    return model_class(config).eval()
 
 
 def tiny_vae(latent_channels: int = 4, seed: int = 3) -> AutoencoderKL:
@@ -143,3 +150,42 @@ def sdxl_components(with_text: bool = True) -> dict:
             text_encoder_2=clip_encoder(8, SDXL_POOLED, seed=32), tokenizer_2=clip_tokenizer(),
         )
     return parts
+
+
+def wan_transformer(seed: int = 0):
+    """ARCHS['tiny-wan']: 16 latent channels, patch (1, 2, 2), text width 16."""
+    torch.manual_seed(seed)
+    return ARCHS["tiny-wan"].build().eval()
+
+
+def wan_vae(seed: int = 3) -> AutoencoderKLWan:
+    """Wan's causal video VAE in miniature: 16 latent channels, 4x time and 8x space downsampling."""
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True]).eval()
+
+
+def wan_components(with_text: bool = True) -> dict:
+    parts = {"transformer": wan_transformer(), "vae": wan_vae()}
+    if with_text:
+        parts.update(text_encoder=t5_encoder(16, seed=13, config_class=UMT5Config, model_class=UMT5EncoderModel),
+                     tokenizer=t5_tokenizer())
+    return parts
+
+
+def quiet(pipe):
+    """The pipeline with its progress bar off."""
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sample(pipe, default_schedule, seed: int = 0, text_length: int | None = None, **kwargs):
+    """One call on a fixed seed: latents unless output_type is given, default_schedule unless
+    schedule= is. text_length: max_sequence_length passed with prompts (T5/UMT5), not with
+    embeddings. Returns the images (or a video pipeline's frames)."""
+    kwargs.setdefault("schedule", default_schedule)
+    kwargs.setdefault("output_type", "latent")
+    if text_length is not None and "prompt_embeds" not in kwargs:
+        kwargs.setdefault("max_sequence_length", text_length)
+    out = pipe(generator=torch.Generator().manual_seed(seed), **kwargs)
+    return out.frames if hasattr(out, "frames") else out.images

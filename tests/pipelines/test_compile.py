@@ -12,7 +12,7 @@ import torch
 from swd.pipelines import SwDFluxPipeline, SwDStableDiffusion3Pipeline, SwDStableDiffusionXLPipeline
 from swd.schedules import ScaleSchedule
 
-from tests.pipelines import embeddings, flux_components, sd3_components, sdxl_components
+from tests.pipelines import embeddings, flux_components, quiet, sd3_components, sdxl_components
 
 TWO_SCALES = ScaleSchedule(scales=(8, 16), sigmas=(1.0, 0.7371), name="tiny-2")
 ATOL = 1e-4
@@ -32,8 +32,7 @@ def test_compiled_pipeline_matches_eager_with_one_graph_per_scale(family):
     cls, parts = {"sd3": (SwDStableDiffusion3Pipeline, sd3_components),
                   "flux": (SwDFluxPipeline, flux_components),
                   "sdxl": (SwDStableDiffusionXLPipeline, sdxl_components)}[family]
-    pipe = cls(**parts(with_text=False))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = quiet(cls(**parts(with_text=False)))
     eager = _run(pipe)
     other_seed = _run(pipe, seed=1)
 

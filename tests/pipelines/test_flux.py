@@ -10,26 +10,15 @@ from swd.errors import SwdError
 from swd.pipelines import SwDFluxPipeline
 from swd.schedules import ScaleSchedule
 
-from tests.pipelines import T5_LENGTH, TINY_SCHEDULE, VAE_FACTOR, embeddings, flux_components
+from tests.pipelines import T5_LENGTH, TINY_SCHEDULE, VAE_FACTOR, embeddings, flux_components, quiet, sample
 
 
 def make_pipe(**parts):
-    pipe = SwDFluxPipeline(**(parts or flux_components()))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return make_pipe()
+    return quiet(SwDFluxPipeline(**(parts or flux_components())))
 
 
 def run(pipe, seed=0, **kwargs):
-    kwargs.setdefault("schedule", TINY_SCHEDULE)
-    kwargs.setdefault("output_type", "latent")
-    if "prompt_embeds" not in kwargs:
-        kwargs.setdefault("max_sequence_length", T5_LENGTH)
-    return pipe(generator=torch.Generator().manual_seed(seed), **kwargs).images
+    return sample(pipe, TINY_SCHEDULE, seed, text_length=T5_LENGTH, **kwargs)
 
 
 def test_images_have_the_last_scale_size_and_steps_start_at_the_first(pipe):

@@ -17,7 +17,7 @@ from swd.sampling import conditioned, sample_scalewise
 from swd.schedules import ScaleSchedule
 from swd.train.distill import export_student
 
-from tests.pipelines import TINY_SCHEDULE, embeddings, flux_components, sd3_components, sdxl_components
+from tests.pipelines import TINY_SCHEDULE, embeddings, flux_components, quiet, sample, sd3_components, sdxl_components
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "swd" / "weights"
 # Not a preset, and sigmas with more digits than schedule.yaml keeps (6 decimals).
@@ -25,14 +25,9 @@ STUDENT = ScaleSchedule(scales=(8, 12, 16, 24), sigmas=(1.0, 0.912345678912, 0.7
 
 
 def run(pipe, seed=0, **kwargs):
+    """Latents on a fixed seed with the pipeline's own schedule unless schedule= is given."""
     prompt_embeds, pooled = embeddings(1)
-    return pipe(prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled, generator=torch.Generator().manual_seed(seed),
-                output_type="latent", **kwargs).images
-
-
-def quiet(pipe):
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return sample(pipe, None, seed, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled, **kwargs)
 
 
 def realign(model):

@@ -11,27 +11,16 @@ from swd.lora import load_lora, lora_config, save_lora
 from swd.pipelines import SwDStableDiffusion3Pipeline
 from swd.schedules import ScaleSchedule
 
-from tests.pipelines import T5_LENGTH, TINY_SCHEDULE, VAE_FACTOR, embeddings, sd3_components
+from tests.pipelines import T5_LENGTH, TINY_SCHEDULE, VAE_FACTOR, embeddings, quiet, sample, sd3_components
 from tests.test_lora import randomize_lora
 
 
 def make_pipe(**parts):
-    pipe = SwDStableDiffusion3Pipeline(**(parts or sd3_components()))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return make_pipe()
+    return quiet(SwDStableDiffusion3Pipeline(**(parts or sd3_components())))
 
 
 def run(pipe, seed=0, **kwargs):
-    kwargs.setdefault("schedule", TINY_SCHEDULE)
-    kwargs.setdefault("output_type", "latent")
-    if "prompt_embeds" not in kwargs:
-        kwargs.setdefault("max_sequence_length", T5_LENGTH)
-    return pipe(generator=torch.Generator().manual_seed(seed), **kwargs).images
+    return sample(pipe, TINY_SCHEDULE, seed, text_length=T5_LENGTH, **kwargs)
 
 
 def test_images_have_the_last_scale_size_and_steps_start_at_the_first(pipe):

@@ -13,32 +13,19 @@ from swd.pipelines import SwDStableDiffusionXLPipeline
 from swd.sampling import conditioned, sample_scalewise
 from swd.schedules import CHECKPOINTS, PRESETS, ScaleSchedule
 
-from tests.pipelines import SDXL_POOLED, SDXL_TEXT, VAE_FACTOR, sdxl_components
+from tests.pipelines import SDXL_POOLED, SDXL_TEXT, VAE_FACTOR, embeddings, quiet, sample, sdxl_components
 
 # The authors' SDXL sigmas at tiny sizes: latent 8 -> 16 (image 16 -> 32 px).
 TINY_SDXL = ScaleSchedule(scales=(8, 10, 12, 16), sigmas=(1.0, 0.8, 0.6, 0.4), name="tiny-sdxl-4")
+# `embeddings(batch)` gives (B, 5, 16) states and (B, 8) pooled vectors: SDXL_TEXT and SDXL_POOLED.
 
 
 def make_pipe(with_text=True, **extra):
-    pipe = SwDStableDiffusionXLPipeline(**sdxl_components(with_text), **extra)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return make_pipe()
+    return quiet(SwDStableDiffusionXLPipeline(**sdxl_components(with_text), **extra))
 
 
 def run(pipe, seed=0, **kwargs):
-    kwargs.setdefault("schedule", TINY_SDXL)
-    kwargs.setdefault("output_type", "latent")
-    return pipe(generator=torch.Generator().manual_seed(seed), **kwargs).images
-
-
-def embeddings(batch, seed=7):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 5, SDXL_TEXT, generator=g), torch.randn(batch, SDXL_POOLED, generator=g)
+    return sample(pipe, TINY_SDXL, seed, **kwargs)
 
 
 def test_four_scales_from_the_first_size_to_the_last(pipe):

@@ -1,21 +1,17 @@
 """SwDWanPipeline on a tiny random WanTransformer3DModel, AutoencoderKLWan and UMT5 encoder."""
 
-import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKLWan
-from transformers import UMT5Config, UMT5EncoderModel
 
 from swd.errors import SwdError
 from swd.models import WanAdapter, adapter_for
 from swd.models.base import TextCondition
-from swd.models.configs import ARCHS
 from swd.pipelines import SwDWanPipeline
 from swd.sampling import upsample_video
 from swd.schedules import ScaleSchedule
 from swd.video import read_gif, save_video
 
-from tests.pipelines import t5_tokenizer
+from tests.pipelines import quiet, sample, wan_components, wan_transformer
 
 # 4 scales, latent (1, 2, 2) -> (3, 4, 6): 1 -> 9 pixel frames, 16x16 -> 32x48 px.
 VIDEO_SCHEDULE = ScaleSchedule(scales=[(1, 2, 2), (2, 2, 4), (2, 4, 4), (3, 4, 6)],
@@ -23,44 +19,12 @@ VIDEO_SCHEDULE = ScaleSchedule(scales=[(1, 2, 2), (2, 2, 4), (2, 4, 4), (3, 4, 6
 TEXT_LEN = 6
 
 
-def tiny_wan_vae(seed=3):
-    torch.manual_seed(seed)
-    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                            temperal_downsample=[False, True, True]).eval()
-
-
-def tiny_umt5(seed=13):
-    torch.manual_seed(seed)
-    config = UMT5Config(vocab_size=40, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2,
-                        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1)
-    return UMT5EncoderModel(config).eval()
-
-
-def tiny_wan_transformer(seed=0):
-    torch.manual_seed(seed)
-    return ARCHS["tiny-wan"].build().eval()
-
-
 def make_pipe(with_text=True):
-    parts = dict(transformer=tiny_wan_transformer(), vae=tiny_wan_vae())
-    if with_text:
-        parts.update(text_encoder=tiny_umt5(), tokenizer=t5_tokenizer())
-    pipe = SwDWanPipeline(**parts)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return make_pipe()
+    return quiet(SwDWanPipeline(**wan_components(with_text)))
 
 
 def run(pipe, seed=0, **kwargs):
-    kwargs.setdefault("schedule", VIDEO_SCHEDULE)
-    kwargs.setdefault("output_type", "latent")
-    if "prompt_embeds" not in kwargs:
-        kwargs.setdefault("max_sequence_length", TEXT_LEN)
-    return pipe(generator=torch.Generator().manual_seed(seed), **kwargs).frames
+    return sample(pipe, VIDEO_SCHEDULE, seed, text_length=TEXT_LEN, **kwargs)
 
 
 def embeds(batch, seed=7):
@@ -144,7 +108,7 @@ def test_bad_input_one_line(pipe, kwargs, field):
 
 
 def test_adapter_features_by_hook_equal_the_block_output():
-    transformer = tiny_wan_transformer()
+    transformer = wan_transformer()
     adapter = adapter_for(transformer)
     assert isinstance(adapter, WanAdapter) and adapter.patch_size == (1, 2, 2)
     x = torch.randn(2, 16, 2, 4, 6)
@@ -160,7 +124,7 @@ def test_adapter_features_by_hook_equal_the_block_output():
     torch.testing.assert_close(only, feats, rtol=0, atol=0)
     assert v.shape == x.shape
     assert adapter.feature_width(1) == 24
-    assert type(transformer).forward is type(tiny_wan_transformer()).forward  # nothing patched
+    assert type(transformer).forward is type(wan_transformer()).forward  # nothing patched
 
 
 def test_gif_round_trip_and_mp4_refused_without_imageio(tmp_path, pipe):
