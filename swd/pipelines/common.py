@@ -7,7 +7,7 @@ they replace is `__call__`: each family checks its inputs and encodes its prompt
 `swd.sampling.sample_scalewise`, the one sampling path of the project (step 3), and decodes (step
 4). The image size follows the schedule's last scale.
 
-The student's schedule is an entry of the pipeline's own config (`PipelineScheduleMixin`), so
+The student's schedule is an entry of the pipeline's own config (`SwDPipelineMixin`), so
 `save_pretrained` writes it into model_index.json and `from_pretrained` gives it back, the way
 diffusers keeps SDXL's `force_zeros_for_empty_prompt`.
 """
@@ -20,6 +20,7 @@ from typing import Optional, Union
 import torch
 
 from swd.errors import SwdError
+from swd.models import text_widths
 from swd.models.base import TextCondition
 from swd.sampling import UPSAMPLE_MODES, conditioned, guided, sample_scalewise
 from swd.schedules import ScaleSchedule, resolve_schedule
@@ -35,12 +36,13 @@ def unwrap_transformer(transformer):
     return get_base() if callable(get_base) else transformer
 
 
-def _prompt_count(name: str, value) -> int:
+def prompt_count(name: str, value) -> int:
+    """How many prompts a str or a non-empty list of str holds."""
     if isinstance(value, str):
         return 1
     if isinstance(value, list) and value and all(isinstance(p, str) for p in value):
         return len(value)
-    raise SwdError(f"{name}: expected a str or a non-empty list of str, got {_describe(value)}")
+    raise SwdError(f"{name}: expected a str or a non-empty list of str, got {describe(value)}")
 
 
 def _check_embed_pair(embeds, pooled, names: tuple[str, str]) -> None:
@@ -51,9 +53,9 @@ def _check_embed_pair(embeds, pooled, names: tuple[str, str]) -> None:
     if pooled is None:
         raise SwdError(f"{names[1]}: required with {names[0]} (the pooled vectors of the same prompts)")
     if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3:
-        raise SwdError(f"{names[0]}: expected a (B, L, D) tensor, got {_describe(embeds)}")
+        raise SwdError(f"{names[0]}: expected a (B, L, D) tensor, got {describe(embeds)}")
     if not isinstance(pooled, torch.Tensor) or pooled.ndim != 2:
-        raise SwdError(f"{names[1]}: expected a (B, D) tensor, got {_describe(pooled)}")
+        raise SwdError(f"{names[1]}: expected a (B, D) tensor, got {describe(pooled)}")
     if embeds.shape[0] != pooled.shape[0]:
         raise SwdError(f"{names[0]} and {names[1]}: batch sizes differ ({embeds.shape[0]} and {pooled.shape[0]})")
 
@@ -75,9 +77,9 @@ def check_prompts(prompt_fields: dict, prompt_embeds, pooled_prompt_embeds) -> i
         raise SwdError("prompt: give a prompt (str or list of str) or prompt_embeds with pooled_prompt_embeds")
     if prompt_fields[names[0]] is None:
         raise SwdError(f"{names[0]}: required when {given[0]} is given")
-    batch = _prompt_count(names[0], prompt_fields[names[0]])
+    batch = prompt_count(names[0], prompt_fields[names[0]])
     for name in given[1:]:
-        n = _prompt_count(name, prompt_fields[name])
+        n = prompt_count(name, prompt_fields[name])
         if n != batch:
             raise SwdError(f"{name}: {n} prompt(s), but {names[0]} has {batch}")
     return batch
@@ -100,7 +102,7 @@ def check_negative_prompts(negative_fields: dict, negative_embeds, negative_pool
             )
         return
     for name in given:
-        n = _prompt_count(name, negative_fields[name])
+        n = prompt_count(name, negative_fields[name])
         if not isinstance(negative_fields[name], str) and n != batch:
             raise SwdError(f"{name}: {n} negative prompt(s) for {batch} prompts")
 
@@ -151,10 +153,51 @@ def check_schedule(schedule, adapter, default: Union[str, ScaleSchedule]) -> Sca
     """Resolve a preset name, a schedule file or a ScaleSchedule and check it fits the transformer."""
     schedule = default if schedule is None else schedule
     if not isinstance(schedule, (str, ScaleSchedule)):
-        raise SwdError(f"schedule: expected a preset name, a schedule file or a ScaleSchedule, got {_describe(schedule)}")
+        raise SwdError(f"schedule: expected a preset name, a schedule file or a ScaleSchedule, got {describe(schedule)}")
     schedule = resolve_schedule(schedule)
     schedule.check_model(adapter.patch_size, adapter.max_latent_size, what="transformer")
     return schedule
+
+
+def check_count(name: str, value) -> None:
+    """A positive int (images or videos per prompt)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SwdError(f"{name}: expected a positive int, got {value!r}")
+
+
+def check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise SwdError(f"generator: expected one torch.Generator (it seeds the whole batch), got {describe(generator)}")
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise SwdError(f"{name}: unknown {value!r}; choose one of {', '.join(choices)}")
+
+
+def check_guidance(value, minimum: int, meaning: str) -> None:
+    """guidance_scale: a number >= minimum; meaning says what the values do for this family."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
+        raise SwdError(f"guidance_scale: expected a number >= {minimum} ({meaning}), got {value!r}")
+
+
+def check_max_sequence_length(value, limit: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise SwdError(f"max_sequence_length: expected an int in [1, {limit}], got {value!r}")
+
+
+def check_vae_channels(vae_channels: int, adapter) -> None:
+    if vae_channels != adapter.latent_channels:
+        raise SwdError(f"vae: {vae_channels} latent channels, but the transformer takes {adapter.latent_channels}")
+
+
+def check_latents(latents, expected: tuple, layout: str) -> None:
+    """Starting noise of shape `expected`; layout names its dimensions for the message."""
+    if latents is None:
+        return
+    if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != expected:
+        got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else describe(latents)
+        raise SwdError(f"latents: the starting noise must have shape {expected} ({layout}), got {got}")
 
 
 def check_common(
@@ -171,35 +214,36 @@ def check_common(
     max_sequence_length,
     max_sequence_limit: int,
 ) -> None:
-    """Checks shared by both pipelines (the schedule is already resolved)."""
-    if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-        raise SwdError(f"num_images_per_prompt: expected a positive int, got {num_images_per_prompt!r}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise SwdError(
-            f"generator: expected one torch.Generator (it seeds the whole batch), got {_describe(generator)}"
-        )
-    if output_type not in OUTPUT_TYPES:
-        raise SwdError(f"output_type: unknown {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
+    """Checks the image pipelines share (the schedule is already resolved)."""
+    check_count("num_images_per_prompt", num_images_per_prompt)
+    check_generator(generator)
+    check_choice("output_type", output_type, OUTPUT_TYPES)
     if output_type != "latent" and vae is None:
         raise SwdError(f"output_type: {output_type!r} needs a vae; this pipeline has none (use 'latent')")
-    if upsample_mode not in UPSAMPLE_MODES:
-        raise SwdError(f"upsample_mode: unknown {upsample_mode!r}; choose one of {', '.join(UPSAMPLE_MODES)}")
-    if max_sequence_length is not None and (isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or not (
-        1 <= max_sequence_length <= max_sequence_limit
-    )):
-        raise SwdError(f"max_sequence_length: expected an int in [1, {max_sequence_limit}], got {max_sequence_length!r}")
-    if vae is not None and vae.config.latent_channels != adapter.latent_channels:
+    check_choice("upsample_mode", upsample_mode, UPSAMPLE_MODES)
+    if max_sequence_length is not None:
+        check_max_sequence_length(max_sequence_length, max_sequence_limit)
+    if vae is not None:
+        check_vae_channels(vae.config.latent_channels, adapter)
+    check_latents(latents, (batch * num_images_per_prompt, adapter.latent_channels, *schedule.scales[0]),
+                  "batch x images per prompt, channels, first scale of the schedule")
+
+
+def prompt_denoiser(model, cond: TextCondition, uncond: Optional[TextCondition], guidance_scale: float):
+    """Step 2 of every `__call__`: the student alone (`uncond` None), or classifier-free guidance
+    against the negative prompts, whose token states must have the prompts' shape.
+
+    Guidance mixes the model's outputs (a velocity, eps or v, each linear in x0), so one rule
+    serves the flow transformers and the noise-prediction UNets alike.
+    """
+    if uncond is None:
+        return conditioned(model, cond)
+    if uncond.prompt_embeds.shape[1:] != cond.prompt_embeds.shape[1:]:
         raise SwdError(
-            f"vae: {vae.config.latent_channels} latent channels, but the transformer takes {adapter.latent_channels}"
+            f"negative_prompt_embeds: shape {tuple(uncond.prompt_embeds.shape)} does not match the "
+            f"encoded prompts {tuple(cond.prompt_embeds.shape)} outside the batch dimension"
         )
-    if latents is not None:
-        expected = (batch * num_images_per_prompt, adapter.latent_channels, *schedule.scales[0])
-        if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != expected:
-            got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else _describe(latents)
-            raise SwdError(
-                f"latents: the starting noise must have shape {expected} (batch x images per prompt, channels, "
-                f"first scale of the schedule), got {got}"
-            )
+    return guided(model, cond, uncond, float(guidance_scale))
 
 
 def _same_model(a, b) -> bool:
@@ -207,7 +251,8 @@ def _same_model(a, b) -> bool:
     return a.network is b.network and getattr(a, "guidance", None) == getattr(b, "guidance", None)
 
 
-def _describe(value) -> str:
+def describe(value) -> str:
+    """A value for an error message: a tensor's shape, else its type."""
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {tuple(value.shape)}"
     return type(value).__name__
@@ -228,7 +273,7 @@ def schedule_config(schedule: ScheduleArg) -> Optional[dict]:
     if isinstance(schedule, dict):
         schedule = ScaleSchedule.from_dict(schedule)
     elif not isinstance(schedule, (str, ScaleSchedule)):
-        raise SwdError(f"schedule: expected a preset name, a schedule file or a ScaleSchedule, got {_describe(schedule)}")
+        raise SwdError(f"schedule: expected a preset name, a schedule file or a ScaleSchedule, got {describe(schedule)}")
     schedule = resolve_schedule(schedule)
     return {**schedule.to_dict(), "sigmas": list(schedule.sigmas)}
 
@@ -243,8 +288,9 @@ def schedule_beside(model) -> Optional[ScaleSchedule]:
     return ScaleSchedule.load(file) if file.is_file() else None
 
 
-class PipelineScheduleMixin:
-    """The student's ScaleSchedule kept in the pipeline's own config, and loading that refuses pickles.
+class SwDPipelineMixin:
+    """What every SwD pipeline (image and video) shares: the student's ScaleSchedule kept in the
+    pipeline's own config, loading that refuses pickles, and the sampling step.
 
     A pipeline's `__init__` takes `schedule=` and calls `set_schedule`; diffusers passes the saved
     entry back to `__init__` on `from_pretrained`. A call's `schedule=` overrides it; without
@@ -290,9 +336,52 @@ class PipelineScheduleMixin:
         against the network (patch size, largest latent size)."""
         return check_schedule(schedule, adapter, self.schedule or self.default_schedule)
 
+    def sample_latents(self, denoiser, schedule: ScaleSchedule, batch: int, channels: int, generator, device, dtype,
+                       latents, upsample_mode: str, callback, **options) -> torch.Tensor:
+        """Step 3 of `__call__`: `sample_scalewise` from noise at the first scale (or `latents`) to x0
+        at the last, ticking diffusers' progress bar once per step. options: `process` (UNets'
+        eps/v to x0), `time_mode` (video)."""
+        with self.progress_bar(total=schedule.steps) as bar:
 
-class ScaleWisePipelineMixin(PipelineScheduleMixin):
+            def on_step(**info):
+                bar.update()
+                if callback is not None:
+                    callback(**info)
+
+            return sample_scalewise(denoiser, schedule, batch_size=batch, channels=channels, generator=generator,
+                                    device=device, dtype=dtype, upsample_mode=upsample_mode, noise=latents,
+                                    callback=on_step, **options)
+
+
+class ScaleWisePipelineMixin(SwDPipelineMixin):
     """Sampling and decoding for a pipeline with `transformer`, `vae` and `image_processor`."""
+
+    # How the messages name the text encoders a pipeline needs for prompts (FLUX: CLIP and T5).
+    text_encoder_names = "CLIP text encoders/tokenizers"
+
+    def _has_text_encoders(self) -> bool:
+        parts = (self.text_encoder, self.tokenizer, self.text_encoder_2, self.tokenizer_2)
+        return all(p is not None for p in parts)
+
+    def check_text(self, adapter, prompts: dict, prompt_embeds, pooled_prompt_embeds, negatives: Optional[dict] = None,
+                   negative_prompt_embeds=None, negative_pooled_prompt_embeds=None) -> int:
+        """Prompts or embeddings, and with guidance (`negatives`: the negative prompt fields, None
+        without guidance) negative prompts or embeddings, against the text encoders the pipeline
+        has and the network's text widths. Returns the number of prompts."""
+        batch = check_prompts(prompts, prompt_embeds, pooled_prompt_embeds)
+        if prompt_embeds is None and not self._has_text_encoders():
+            raise SwdError(f"prompt: this pipeline has no {self.text_encoder_names}; pass prompt_embeds and pooled_prompt_embeds")
+        widths = text_widths(adapter.config)
+        check_embed_widths(prompt_embeds, pooled_prompt_embeds, *widths)
+        if negatives is None:
+            return batch
+        check_negative_prompts(negatives, negative_prompt_embeds, negative_pooled_prompt_embeds, prompt_embeds, batch)
+        if negative_prompt_embeds is None and not self._has_text_encoders():
+            raise SwdError("negative_prompt_embeds: guidance_scale > 1 needs negative embeddings (with "
+                           "negative_pooled_prompt_embeds) when the pipeline has no text encoders")
+        check_embed_widths(negative_prompt_embeds, negative_pooled_prompt_embeds, *widths,
+                           names=("negative_prompt_embeds", "negative_pooled_prompt_embeds"))
+        return batch
 
     def _condition(self, prompt_embeds, pooled, num_images_per_prompt: int, device, dtype) -> TextCondition:
         cond = TextCondition(prompt_embeds.to(device, dtype), pooled.to(device, dtype))
@@ -307,21 +396,8 @@ class ScaleWisePipelineMixin(PipelineScheduleMixin):
         self._interrupt = False
 
     def denoiser(self, adapter, cond: TextCondition, uncond: Optional[TextCondition], guidance_scale: float, device):
-        """Step 2 of `__call__`: the student alone (`uncond` None), or classifier-free guidance against
-        the negative prompts; through the compiled adapter after `compile()`.
-
-        Guidance mixes the model's outputs (a velocity, eps or v, each linear in x0), so one rule
-        serves the flow transformers and the noise-prediction UNets alike.
-        """
-        model = self.fast_adapter(adapter, device)
-        if uncond is None:
-            return conditioned(model, cond)
-        if uncond.prompt_embeds.shape[1:] != cond.prompt_embeds.shape[1:]:
-            raise SwdError(
-                f"negative_prompt_embeds: shape {tuple(uncond.prompt_embeds.shape)} does not match the "
-                f"encoded prompts {tuple(cond.prompt_embeds.shape)} outside the batch dimension"
-            )
-        return guided(model, cond, uncond, float(guidance_scale))
+        """Step 2 of `__call__` (`prompt_denoiser`), through the compiled adapter after `compile()`."""
+        return prompt_denoiser(self.fast_adapter(adapter, device), cond, uncond, guidance_scale)
 
     def generate(self, adapter, schedule: ScaleSchedule, text: tuple, negative_text: Optional[tuple], *,
                  guidance_scale: float, num_images_per_prompt: int, generator, latents, upsample_mode: str,
@@ -337,8 +413,8 @@ class ScaleWisePipelineMixin(PipelineScheduleMixin):
         uncond = None if negative_text is None else self._condition(*negative_text, num_images_per_prompt, device, dtype)
         denoiser = self.denoiser(adapter, cond, uncond, guidance_scale, device)
         # Noise at the first scale to x0 at the last; `adapter.process` turns eps/v predictions into x0.
-        x0 = self._sample(denoiser, adapter, schedule, cond.batch_size, generator, device, dtype, latents, upsample_mode,
-                          callback)
+        x0 = self.sample_latents(denoiser, schedule, cond.batch_size, adapter.latent_channels, generator, device, dtype,
+                                 latents, upsample_mode, callback, process=getattr(adapter, "process", None))
         images = self.decode_latents(x0, output_type)
         self.maybe_free_model_hooks()
         return images
@@ -376,29 +452,6 @@ class ScaleWisePipelineMixin(PipelineScheduleMixin):
             cached = self._compiled = CompiledAdapter(adapter, device, getattr(self, "_compile_mode", None))
         return cached
 
-    def _sample(self, denoiser, adapter, schedule, batch, generator, device, dtype, latents, upsample_mode, callback):
-        """Run `sample_scalewise`, ticking diffusers' progress bar once per step."""
-        with self.progress_bar(total=schedule.steps) as bar:
-
-            def on_step(**info):
-                bar.update()
-                if callback is not None:
-                    callback(**info)
-
-            return sample_scalewise(
-                denoiser,
-                schedule,
-                batch_size=batch,
-                channels=adapter.latent_channels,
-                generator=generator,
-                device=device,
-                dtype=dtype,
-                upsample_mode=upsample_mode,
-                noise=latents,
-                callback=on_step,
-                process=getattr(adapter, "process", None),
-            )
-
     def decode_latents(self, latents: torch.Tensor, output_type: str = "pil"):
         """Latents (B, C, h, w) -> images of size (h, w) * vae_scale_factor; 'latent' returns them as is.
 
@@ -415,11 +468,21 @@ class ScaleWisePipelineMixin(PipelineScheduleMixin):
 
 __all__ = [
     "OUTPUT_TYPES",
-    "PipelineScheduleMixin",
+    "SwDPipelineMixin",
     "SCHEDULE_FILE",
     "ScaleWisePipelineMixin",
     "ScheduleArg",
+    "check_choice",
     "check_common",
+    "check_count",
+    "check_generator",
+    "check_guidance",
+    "check_latents",
+    "check_max_sequence_length",
+    "check_vae_channels",
+    "describe",
+    "prompt_count",
+    "prompt_denoiser",
     "check_embed_widths",
     "check_negative_prompts",
     "check_prompts",

@@ -18,16 +18,14 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeli
 from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-from swd.errors import SwdError
 from swd.models.flux import FluxAdapter
 from swd.pipelines.common import (
     ScaleWisePipelineMixin,
-    check_common,
-    check_embed_widths,
-    check_prompts,
-    authors_schedule,
-    check_image_size,
     ScheduleArg,
+    authors_schedule,
+    check_common,
+    check_guidance,
+    check_image_size,
     unwrap_transformer,
 )
 from swd.schedules import ScaleSchedule
@@ -45,6 +43,7 @@ class SwDFluxPipeline(ScaleWisePipelineMixin, FluxPipeline):
 
     default_schedule = "flux-dev-4"
     default_guidance = 4.5
+    text_encoder_names = "text encoders/tokenizers (CLIP and T5)"
     _optional_components = [
         "scheduler",
         "text_encoder",
@@ -85,10 +84,6 @@ class SwDFluxPipeline(ScaleWisePipelineMixin, FluxPipeline):
         """The sampler's view of the transformer on unpacked latents: (x, sigma, cond) -> velocity."""
         return FluxAdapter(unwrap_transformer(self.transformer), guidance=guidance)
 
-    def _has_text_encoders(self) -> bool:
-        parts = (self.text_encoder, self.tokenizer, self.text_encoder_2, self.tokenizer_2)
-        return all(p is not None for p in parts)
-
     def check_inputs(
         self,
         prompt: PromptArg = None,
@@ -111,16 +106,8 @@ class SwDFluxPipeline(ScaleWisePipelineMixin, FluxPipeline):
         adapter = self.model_adapter()
         schedule = self.call_schedule(schedule, adapter)
         check_image_size(schedule, height, width, self.vae_scale_factor)
-        batch = check_prompts({"prompt": prompt, "prompt_2": prompt_2}, prompt_embeds, pooled_prompt_embeds)
-        if prompt_embeds is None and not self._has_text_encoders():
-            raise SwdError(
-                "prompt: this pipeline has no text encoders/tokenizers (CLIP and T5); "
-                "pass prompt_embeds and pooled_prompt_embeds"
-            )
-        config = adapter.config
-        check_embed_widths(prompt_embeds, pooled_prompt_embeds, config.joint_attention_dim, config.pooled_projection_dim)
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:
-            raise SwdError(f"guidance_scale: expected a number >= 0 (FLUX's embedded guidance), got {guidance_scale!r}")
+        batch = self.check_text(adapter, {"prompt": prompt, "prompt_2": prompt_2}, prompt_embeds, pooled_prompt_embeds)
+        check_guidance(guidance_scale, 0, "FLUX's embedded guidance")
         check_common(
             adapter=adapter,
             vae=self.vae,

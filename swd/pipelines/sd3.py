@@ -23,17 +23,14 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transfo
 from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusion3PipelineOutput
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-from swd.errors import SwdError
 from swd.models.sd3 import SD3Adapter
 from swd.pipelines.common import (
     ScaleWisePipelineMixin,
-    check_common,
-    check_embed_widths,
-    check_negative_prompts,
-    check_prompts,
-    authors_schedule,
-    check_image_size,
     ScheduleArg,
+    authors_schedule,
+    check_common,
+    check_guidance,
+    check_image_size,
     unwrap_transformer,
 )
 from swd.schedules import ScaleSchedule
@@ -97,10 +94,6 @@ class SwDStableDiffusion3Pipeline(ScaleWisePipelineMixin, StableDiffusion3Pipeli
         """The sampler's view of the transformer: (x, sigma, cond) -> velocity."""
         return SD3Adapter(unwrap_transformer(self.transformer))
 
-    def _has_clip_encoders(self) -> bool:
-        parts = (self.text_encoder, self.tokenizer, self.text_encoder_2, self.tokenizer_2)
-        return all(p is not None for p in parts)
-
     def check_inputs(
         self,
         prompt: PromptArg = None,
@@ -129,43 +122,13 @@ class SwDStableDiffusion3Pipeline(ScaleWisePipelineMixin, StableDiffusion3Pipeli
         adapter = self.model_adapter()
         schedule = self.call_schedule(schedule, adapter)
         check_image_size(schedule, height, width, self.vae_scale_factor)
-        batch = check_prompts(
-            {"prompt": prompt, "prompt_2": prompt_2, "prompt_3": prompt_3}, prompt_embeds, pooled_prompt_embeds
+        check_guidance(guidance_scale, 1, "1 = no classifier-free guidance, the SwD default")
+        negatives = {"negative_prompt": negative_prompt, "negative_prompt_2": negative_prompt_2,
+                     "negative_prompt_3": negative_prompt_3}
+        batch = self.check_text(
+            adapter, {"prompt": prompt, "prompt_2": prompt_2, "prompt_3": prompt_3}, prompt_embeds, pooled_prompt_embeds,
+            negatives if guidance_scale > 1 else None, negative_prompt_embeds, negative_pooled_prompt_embeds,
         )
-        if prompt_embeds is None and not self._has_clip_encoders():
-            raise SwdError(
-                "prompt: this pipeline has no CLIP text encoders/tokenizers; pass prompt_embeds and pooled_prompt_embeds"
-            )
-        config = adapter.config
-        check_embed_widths(prompt_embeds, pooled_prompt_embeds, config.joint_attention_dim, config.pooled_projection_dim)
-
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 1:
-            raise SwdError(
-                f"guidance_scale: expected a number >= 1 (1 = no classifier-free guidance, the SwD default), "
-                f"got {guidance_scale!r}"
-            )
-        if guidance_scale > 1:
-            negatives = {
-                "negative_prompt": negative_prompt,
-                "negative_prompt_2": negative_prompt_2,
-                "negative_prompt_3": negative_prompt_3,
-            }
-            check_negative_prompts(
-                negatives, negative_prompt_embeds, negative_pooled_prompt_embeds, prompt_embeds, batch
-            )
-            if negative_prompt_embeds is None and not self._has_clip_encoders():
-                raise SwdError(
-                    "negative_prompt_embeds: guidance_scale > 1 needs negative embeddings (with "
-                    "negative_pooled_prompt_embeds) when the pipeline has no text encoders"
-                )
-            check_embed_widths(
-                negative_prompt_embeds,
-                negative_pooled_prompt_embeds,
-                config.joint_attention_dim,
-                config.pooled_projection_dim,
-                names=("negative_prompt_embeds", "negative_pooled_prompt_embeds"),
-            )
-
         check_common(
             adapter=adapter,
             vae=self.vae,

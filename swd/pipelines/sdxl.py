@@ -27,17 +27,14 @@ from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionM
 from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffusionXLPipelineOutput
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from swd.errors import SwdError
 from swd.models.unet import UNetAdapter
 from swd.pipelines.common import (
     ScaleWisePipelineMixin,
+    ScheduleArg,
     authors_schedule,
     check_common,
-    check_embed_widths,
+    check_guidance,
     check_image_size,
-    check_negative_prompts,
-    check_prompts,
-    ScheduleArg,
     unwrap_transformer,
 )
 from swd.processes import process_from_scheduler_config, sdxl_process
@@ -109,15 +106,6 @@ class SwDStableDiffusionXLPipeline(ScaleWisePipelineMixin, StableDiffusionXLPipe
         return UNetAdapter(unwrap_transformer(self.unet), prediction=prediction, process=process,
                            vae_scale_factor=self.vae_scale_factor)
 
-    def _has_text_encoders(self) -> bool:
-        parts = (self.text_encoder, self.tokenizer, self.text_encoder_2, self.tokenizer_2)
-        return all(p is not None for p in parts)
-
-    def _check_widths(self, adapter, embeds, pooled, names=("prompt_embeds", "pooled_prompt_embeds")):
-        from swd.models import text_widths
-
-        check_embed_widths(embeds, pooled, *text_widths(adapter.config), names=names)
-
     def check_inputs(
         self,
         prompt: PromptArg = None,
@@ -143,22 +131,12 @@ class SwDStableDiffusionXLPipeline(ScaleWisePipelineMixin, StableDiffusionXLPipe
         adapter = self.model_adapter()
         schedule = self.call_schedule(schedule, adapter)
         check_image_size(schedule, height, width, self.vae_scale_factor)
-        batch = check_prompts({"prompt": prompt, "prompt_2": prompt_2}, prompt_embeds, pooled_prompt_embeds)
-        if prompt_embeds is None and not self._has_text_encoders():
-            raise SwdError("prompt: this pipeline has no CLIP text encoders/tokenizers; "
-                           "pass prompt_embeds and pooled_prompt_embeds")
-        self._check_widths(adapter, prompt_embeds, pooled_prompt_embeds)
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:
-            raise SwdError(f"guidance_scale: expected a number >= 0 (<= 1 = no classifier-free guidance, the "
-                           f"SwD default), got {guidance_scale!r}")
-        if guidance_scale > 1:
-            negatives = {"negative_prompt": negative_prompt, "negative_prompt_2": negative_prompt_2}
-            check_negative_prompts(negatives, negative_prompt_embeds, negative_pooled_prompt_embeds, prompt_embeds, batch)
-            if negative_prompt_embeds is None and not self._has_text_encoders():
-                raise SwdError("negative_prompt_embeds: guidance_scale > 1 needs negative embeddings (with "
-                               "negative_pooled_prompt_embeds) when the pipeline has no text encoders")
-            self._check_widths(adapter, negative_prompt_embeds, negative_pooled_prompt_embeds,
-                               names=("negative_prompt_embeds", "negative_pooled_prompt_embeds"))
+        check_guidance(guidance_scale, 0, "<= 1 = no classifier-free guidance, the SwD default")
+        negatives = {"negative_prompt": negative_prompt, "negative_prompt_2": negative_prompt_2}
+        batch = self.check_text(
+            adapter, {"prompt": prompt, "prompt_2": prompt_2}, prompt_embeds, pooled_prompt_embeds,
+            negatives if guidance_scale > 1 else None, negative_prompt_embeds, negative_pooled_prompt_embeds,
+        )
         check_common(
             adapter=adapter,
             vae=self.vae,

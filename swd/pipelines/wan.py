@@ -25,8 +25,22 @@ from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from swd.errors import SwdError
 from swd.models.base import TextCondition
 from swd.models.wan import WanAdapter
-from swd.pipelines.common import PipelineScheduleMixin, ScheduleArg, unwrap_transformer
-from swd.sampling import TIME_MODES, UPSAMPLE_MODES, conditioned, guided, sample_scalewise
+from swd.pipelines.common import (
+    SwDPipelineMixin,
+    ScheduleArg,
+    check_choice,
+    check_count,
+    check_generator,
+    check_guidance,
+    check_latents,
+    check_max_sequence_length,
+    check_vae_channels,
+    describe,
+    prompt_count,
+    prompt_denoiser,
+    unwrap_transformer,
+)
+from swd.sampling import TIME_MODES, UPSAMPLE_MODES
 from swd.schedules import ScaleSchedule
 
 PromptArg = Optional[Union[str, list[str]]]
@@ -34,26 +48,14 @@ VIDEO_OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 MAX_SEQUENCE_LENGTH = 512  # UMT5 tokens Wan2.1 was trained with
 
 
-def _describe(value) -> str:
-    return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
-
-
-def _count_prompts(name: str, value) -> int:
-    if isinstance(value, str):
-        return 1
-    if isinstance(value, list) and value and all(isinstance(p, str) for p in value):
-        return len(value)
-    raise SwdError(f"{name}: expected a str or a non-empty list of str, got {_describe(value)}")
-
-
 def _check_embeds(name: str, embeds, width: int) -> None:
     if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3:
-        raise SwdError(f"{name}: expected a (B, L, {width}) tensor, got {_describe(embeds)}")
+        raise SwdError(f"{name}: expected a (B, L, {width}) tensor, got {describe(embeds)}")
     if embeds.shape[-1] != width:
         raise SwdError(f"{name}: last dimension {embeds.shape[-1]} does not match the transformer's text_dim {width}")
 
 
-class SwDWanPipeline(PipelineScheduleMixin, WanPipeline):
+class SwDWanPipeline(SwDPipelineMixin, WanPipeline):
     """Few-step spatio-temporal scale-wise text-to-video generation with a Wan2.1 student.
 
     Components are those of `WanPipeline`; the UMT5 encoder and tokenizer are optional (without
@@ -111,11 +113,10 @@ class SwDWanPipeline(PipelineScheduleMixin, WanPipeline):
         elif prompt is None:
             raise SwdError("prompt: give a prompt (str or list of str) or prompt_embeds")
         else:
-            batch = _count_prompts("prompt", prompt)
+            batch = prompt_count("prompt", prompt)
             if self.text_encoder is None or self.tokenizer is None:
                 raise SwdError("prompt: this pipeline has no UMT5 text encoder/tokenizer; pass prompt_embeds")
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 1:
-            raise SwdError(f"guidance_scale: expected a number >= 1 (1 = no classifier-free guidance), got {guidance_scale!r}")
+        check_guidance(guidance_scale, 1, "1 = no classifier-free guidance")
         if guidance_scale > 1:
             if negative_prompt is not None and negative_prompt_embeds is not None:
                 raise SwdError("negative_prompt and negative_prompt_embeds: give one, not both")
@@ -126,29 +127,18 @@ class SwDWanPipeline(PipelineScheduleMixin, WanPipeline):
             elif self.text_encoder is None or self.tokenizer is None:
                 raise SwdError("negative_prompt_embeds: guidance_scale > 1 needs them when the pipeline has no text encoder")
             elif negative_prompt is not None and not isinstance(negative_prompt, str):
-                if _count_prompts("negative_prompt", negative_prompt) != batch:
+                if prompt_count("negative_prompt", negative_prompt) != batch:
                     raise SwdError(f"negative_prompt: {len(negative_prompt)} negative prompt(s) for {batch} prompts")
-        if isinstance(num_videos_per_prompt, bool) or not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
-            raise SwdError(f"num_videos_per_prompt: expected a positive int, got {num_videos_per_prompt!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise SwdError(f"generator: expected one torch.Generator (it seeds the whole batch), got {_describe(generator)}")
-        if output_type not in VIDEO_OUTPUT_TYPES:
-            raise SwdError(f"output_type: unknown {output_type!r}; choose one of {', '.join(VIDEO_OUTPUT_TYPES)}")
-        if upsample_mode not in UPSAMPLE_MODES:
-            raise SwdError(f"upsample_mode: unknown {upsample_mode!r}; choose one of {', '.join(UPSAMPLE_MODES)}")
-        if time_mode not in TIME_MODES:
-            raise SwdError(f"time_mode: unknown {time_mode!r}; choose one of {', '.join(TIME_MODES)}")
-        if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or not (
-            1 <= max_sequence_length <= MAX_SEQUENCE_LENGTH
-        ):
-            raise SwdError(f"max_sequence_length: expected an int in [1, {MAX_SEQUENCE_LENGTH}], got {max_sequence_length!r}")
-        if self.vae is not None and self.vae.config.z_dim != adapter.latent_channels:
-            raise SwdError(f"vae: {self.vae.config.z_dim} latent channels, but the transformer takes {adapter.latent_channels}")
-        if latents is not None:
-            expected = (batch * num_videos_per_prompt, adapter.latent_channels, *schedule.scales[0])
-            if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != expected:
-                raise SwdError(f"latents: the starting noise must have shape {expected} (videos, channels, first "
-                               f"scale's frames, h, w), got {_describe(latents)}")
+        check_count("num_videos_per_prompt", num_videos_per_prompt)
+        check_generator(generator)
+        check_choice("output_type", output_type, VIDEO_OUTPUT_TYPES)
+        check_choice("upsample_mode", upsample_mode, UPSAMPLE_MODES)
+        check_choice("time_mode", time_mode, TIME_MODES)
+        check_max_sequence_length(max_sequence_length, MAX_SEQUENCE_LENGTH)
+        if self.vae is not None:
+            check_vae_channels(self.vae.config.z_dim, adapter)
+        check_latents(latents, (batch * num_videos_per_prompt, adapter.latent_channels, *schedule.scales[0]),
+                      "videos, channels, first scale's frames, h, w")
         return schedule, batch
 
     def _condition(self, embeds: torch.Tensor, per_prompt: int, device, dtype) -> TextCondition:
@@ -224,30 +214,14 @@ class SwDWanPipeline(PipelineScheduleMixin, WanPipeline):
             max_sequence_length=max_sequence_length, device=device, dtype=dtype,
         )
         cond = self._condition(prompt_embeds, num_videos_per_prompt, device, dtype)
+        uncond = self._condition(negative_prompt_embeds, num_videos_per_prompt, device, dtype) if use_cfg else None
 
         # 2. Denoiser: the student alone, or with CFG against the negative prompt.
-        if use_cfg:
-            if negative_prompt_embeds.shape[1:] != prompt_embeds.shape[1:]:
-                raise SwdError(f"negative_prompt_embeds: shape {tuple(negative_prompt_embeds.shape)} does not match "
-                               f"the prompts' {tuple(prompt_embeds.shape)} outside the batch dimension")
-            uncond = self._condition(negative_prompt_embeds, num_videos_per_prompt, device, dtype)
-            denoiser = guided(adapter, cond, uncond, float(guidance_scale))
-        else:
-            denoiser = conditioned(adapter, cond)
+        denoiser = prompt_denoiser(adapter, cond, uncond, guidance_scale)
 
         # 3. Scale-wise sampling from noise at the first (frames, h, w) to x0 at the last.
-        with self.progress_bar(total=schedule.steps) as bar:
-
-            def on_step(**info):
-                bar.update()
-                if callback is not None:
-                    callback(**info)
-
-            x0 = sample_scalewise(
-                denoiser, schedule, batch_size=cond.batch_size, channels=adapter.latent_channels,
-                generator=generator, device=device, dtype=dtype, upsample_mode=upsample_mode,
-                noise=latents, callback=on_step, time_mode=time_mode,
-            )
+        x0 = self.sample_latents(denoiser, schedule, cond.batch_size, adapter.latent_channels, generator, device, dtype,
+                                 latents, upsample_mode, callback, time_mode=time_mode)
 
         # 4. Decode.
         frames = self.decode_latents(x0, output_type)

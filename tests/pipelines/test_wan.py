@@ -139,3 +139,8 @@ def test_gif_round_trip_and_mp4_refused_without_imageio(tmp_path, pipe):
             save_video(frames, tmp_path / "v.mp4")
     with pytest.raises(SwdError, match="unknown video format"):
         save_video(frames, tmp_path / "v.avi")
+
+
+def test_negative_embeddings_of_another_length_are_one_line(pipe):
+    with pytest.raises(SwdError, match=r"negative_prompt_embeds: shape \(1, 4, 16\) does not match the encoded prompts"):
+        run(pipe, prompt_embeds=embeds(1), guidance_scale=3.0, negative_prompt_embeds=torch.zeros(1, 4, 16))
