@@ -81,6 +81,9 @@ def test_bad_inputs_give_one_line_errors(sd3_adapter, flux_adapter, cond2):
         sd3_adapter(torch.randn(2, 4, 34, 34), 0.5, cond2)
     with pytest.raises(SwdError, match="expected \\(B, 4, H, W\\)"):
         flux_adapter(torch.randn(2, 3, 8, 8), 0.5, cond2)
+    with pytest.raises(SwdError, match=f"not divisible by the packing size {flux_adapter.patch_size}$"):
+        flux_adapter(torch.randn(2, 4, 9, 8), 0.5, cond2)
+    flux_adapter(torch.randn(1, 4, 64, 64), 0.5, make_cond(1))  # RoPE: no largest side
     with pytest.raises(SwdError, match="out of range"):
         sd3_adapter.features(torch.randn(2, 4, 8, 8), 0.5, cond2, block=5)
     with pytest.raises(SwdError, match="does not match"):

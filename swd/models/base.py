@@ -138,12 +138,13 @@ class Adapter(nn.Module):
 
     The wrapped diffusers model is registered as `self.<network_name>` ("transformer", or "unet"
     for UNets), so the adapter's state-dict keys are the model's with that prefix. A subclass
-    provides `_run(x, sigma, cond)`, `block(index)`, `num_blocks`, `patch_size`,
-    `max_latent_size` and `check_latents`. `_tokens` turns a block's captured output into
+    provides `_run(x, sigma, cond)`, `block(index)`, `num_blocks`, `patch_size` and
+    `max_latent_size` (and `check_latents`, when its latents are not images). `_tokens` turns a block's captured output into
     (B, T, C) tokens (identity for transformers).
     """
 
     network_name = "transformer"
+    patch_name = "patch size"  # what the latent sides must be multiples of, in error messages
 
     def __init__(self, network: nn.Module, capture: FeatureCapture | None = None):
         super().__init__()
@@ -168,12 +169,33 @@ class Adapter(nn.Module):
         """Channels C of the latents the model takes (FLUX overrides it: its input is packed)."""
         return self.config.in_channels
 
-    def _run(self, x, sigma, cond: TextCondition) -> torch.Tensor:
+    def check_latents(self, x: torch.Tensor) -> None:
+        """Image latents (B, C, H, W): C the model's channels, sides multiples of the patch size and
+        at most `max_latent_size` (None: no limit). Video families override it."""
+        if x.ndim != 4 or x.shape[1] != self.latent_channels:
+            raise SwdError(f"latents: expected (B, {self.latent_channels}, H, W), got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % self.patch_size or w % self.patch_size:
+            raise SwdError(f"latents: size {h}x{w} is not divisible by the {self.patch_name} {self.patch_size}")
+        limit = self.max_latent_size
+        if limit is not None and (h > limit or w > limit):
+            raise SwdError(f"latents: size {h}x{w} exceeds the model's largest latent side {limit}")
+
+    def _run(self, x, sigma: torch.Tensor, cond: TextCondition) -> torch.Tensor:
+        """The family's model call on checked latents, sigma (B,) float32 and a condition of batch B."""
         raise NotImplementedError
 
+    def _predict(self, x, sigma, cond: TextCondition) -> torch.Tensor:
+        self.check_latents(x)
+        batch = x.shape[0]
+        cond = cond.expand_to(batch)
+        return self._run(x, sigma_vector(sigma, batch, x.device), cond)
+
     def forward(self, x: torch.Tensor, sigma, cond: TextCondition) -> torch.Tensor:
-        """The model's prediction (a velocity v ~ eps - x0 for flow models), shape of x."""
-        return self._run(x, sigma, cond)
+        """The model's prediction (a velocity v ~ eps - x0 for flow models), shape of x.
+
+        sigma: a number or (B,); cond: batch B, or 1 (broadcast to the latents' batch)."""
+        return self._predict(x, sigma, cond)
 
     @staticmethod
     def _tokens(features: torch.Tensor) -> torch.Tensor:
@@ -182,11 +204,11 @@ class Adapter(nn.Module):
     def velocity_and_features(self, x, sigma, cond: TextCondition, block: int):
         """(prediction, tokens after `block`: (B, T, C)) from one forward pass."""
         with self._capture.capturing(self.block(block), stop=False) as cap:
-            v = self._run(x, sigma, cond)
+            v = self._predict(x, sigma, cond)
         return v, self._tokens(cap.features)
 
     def features(self, x, sigma, cond: TextCondition, block: int) -> torch.Tensor:
         """Tokens after `block`, (B, T, C); the blocks after it are not run."""
         with self._capture.capturing(self.block(block), stop=True) as cap:
-            self._run(x, sigma, cond)
+            self._predict(x, sigma, cond)
         return self._tokens(cap.features)

@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from swd.errors import SwdError
-from swd.models.base import Adapter, TextCondition, check_block_index, sigma_vector
+from swd.models.base import Adapter, TextCondition, check_block_index
 
 PACK = 2  # FLUX packs 2x2 latent pixels into one token
 
@@ -49,6 +48,8 @@ class FluxAdapter(Adapter):
     Blocks are numbered double-stream first, then single-stream.
     """
 
+    patch_name = "packing size"
+
     def __init__(self, transformer: nn.Module, guidance: float = 4.5):
         super().__init__(transformer)
         self.guidance = guidance
@@ -76,19 +77,10 @@ class FluxAdapter(Adapter):
             return self.transformer.transformer_blocks[index]
         return self.transformer.single_transformer_blocks[index - n_double]
 
-    def check_latents(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.latent_channels:
-            raise SwdError(f"latents: expected (B, {self.latent_channels}, H, W), got {tuple(x.shape)}")
-        h, w = x.shape[-2:]
-        if h % self.patch_size or w % self.patch_size:
-            raise SwdError(f"latents: size {h}x{w} is not divisible by the packing size {self.patch_size}")
-
     def _run(self, x, sigma, cond: TextCondition) -> torch.Tensor:
-        self.check_latents(x)
         b, _, h, w = x.shape
-        cond = cond.expand_to(b)
         # FLUX multiplies timestep and guidance by 1000 inside its forward: pass sigma itself.
-        timestep = sigma_vector(sigma, b, x.device).to(x.dtype)
+        timestep = sigma.to(x.dtype)
         guidance = None
         if self.config.guidance_embeds:
             guidance = torch.full((b,), float(self.guidance), device=x.device, dtype=x.dtype)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from swd.errors import SwdError
-from swd.models.base import Adapter, TextCondition, check_block_index, sigma_vector
+from swd.models.base import Adapter, TextCondition, check_block_index
 
 
 class SD3Adapter(Adapter):
@@ -32,27 +31,11 @@ class SD3Adapter(Adapter):
     def block(self, index: int) -> nn.Module:
         return self.transformer.transformer_blocks[check_block_index(index, self.num_blocks)]
 
-    def check_latents(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.latent_channels:
-            raise SwdError(
-                f"latents: expected (B, {self.latent_channels}, H, W), got {tuple(x.shape)}"
-            )
-        h, w = x.shape[-2:]
-        if h % self.patch_size or w % self.patch_size:
-            raise SwdError(f"latents: size {h}x{w} is not divisible by the patch size {self.patch_size}")
-        limit = self.max_latent_size
-        if limit is not None and (h > limit or w > limit):
-            raise SwdError(f"latents: size {h}x{w} exceeds the model's largest latent side {limit}")
-
     def _run(self, x, sigma, cond: TextCondition) -> torch.Tensor:
-        self.check_latents(x)
-        cond = cond.expand_to(x.shape[0])
-        # SD3 is conditioned on timestep = 1000 * sigma.
-        timestep = sigma_vector(sigma, x.shape[0], x.device) * 1000.0
         return self.transformer(
             hidden_states=x,
             encoder_hidden_states=cond.prompt_embeds,
             pooled_projections=cond.pooled,
-            timestep=timestep,
+            timestep=sigma * 1000.0,  # SD3 is conditioned on timestep = 1000 * sigma
             return_dict=False,
         )[0]

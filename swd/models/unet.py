@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from swd.errors import SwdError
-from swd.models.base import Adapter, FeatureCapture, TextCondition, check_block_index, sigma_vector
+from swd.models.base import Adapter, FeatureCapture, TextCondition, check_block_index
 from swd.processes import FLOW, DDPMProcess, sdxl_process
 
 PREDICTIONS = ("flow", "epsilon", "v_prediction")
@@ -58,6 +58,7 @@ class UNetAdapter(Adapter):
     """
 
     network_name = "unet"
+    patch_name = "UNet's downsampling factor"
 
     def __init__(self, unet: nn.Module, prediction: str | None = None, process: DDPMProcess | None = None,
                  vae_scale_factor: int = 8):
@@ -109,16 +110,6 @@ class UNetAdapter(Adapter):
     def block(self, index: int) -> nn.Module:
         return self.blocks[check_block_index(index, self.num_blocks)]
 
-    def check_latents(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.latent_channels:
-            raise SwdError(
-                f"latents: expected (B, {self.latent_channels}, H, W), got {tuple(x.shape)}"
-            )
-        h, w = x.shape[-2:]
-        if h % self.patch_size or w % self.patch_size:
-            raise SwdError(f"latents: size {h}x{w} is not divisible by the UNet's downsampling "
-                           f"factor {self.patch_size}")
-
     def added_conditions(self, x: torch.Tensor, cond: TextCondition) -> dict | None:
         """SDXL's added_cond_kwargs: the pooled text and the time ids (given, or an uncropped image of
         the current latent size times the VAE factor, so every scale sees its own size)."""
@@ -131,10 +122,8 @@ class UNetAdapter(Adapter):
         return {"text_embeds": cond.pooled, "time_ids": time_ids.to(x.device)}
 
     def _run(self, x, sigma, cond: TextCondition) -> torch.Tensor:
-        self.check_latents(x)
-        cond = cond.expand_to(x.shape[0])
         # Flow: timestep = 1000 * sigma (as the SD3 adapter); DDPM: the integer timestep of sigma.
-        timestep = self.process.timestep(sigma_vector(sigma, x.shape[0], x.device)).to(x.device)
+        timestep = self.process.timestep(sigma).to(x.device)
         class_labels = cond.pooled if self.config.class_embed_type == "projection" else None
         return self.unet(
             x,

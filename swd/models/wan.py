@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from swd.errors import SwdError
-from swd.models.base import Adapter, TextCondition, check_block_index, sigma_vector
+from swd.models.base import Adapter, TextCondition, check_block_index
 
 
 class WanAdapter(Adapter):
@@ -57,12 +57,9 @@ class WanAdapter(Adapter):
                 raise SwdError(f"latents: {axis} {v} exceeds the model's largest {m}")
 
     def _run(self, x, sigma, cond: TextCondition) -> torch.Tensor:
-        self.check_latents(x)
-        cond = cond.expand_to(x.shape[0])
-        timestep = sigma_vector(sigma, x.shape[0], x.device) * 1000.0
         return self.transformer(
             hidden_states=x,
-            timestep=timestep,
+            timestep=sigma * 1000.0,
             encoder_hidden_states=cond.prompt_embeds,
             return_dict=False,
         )[0]
