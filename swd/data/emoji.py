@@ -35,14 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from swd.data import (
-    IMAGE_SIZE,
-    ImageSet,
-    concept_split,
-    default_cache_dir,
-    read_image_set,
-    write_image_set,
-)
+from swd.data import IMAGE_SIZE, ImageSet, concept_split, default_cache_dir, read_image_set, write_image_set
 from swd.errors import SwdError
 
 CAPTION_TEMPLATE = "{style} style: {name}"

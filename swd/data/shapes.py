@@ -29,14 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from swd.data import (
-    IMAGE_SIZE,
-    ImageSet,
-    concept_split,
-    default_cache_dir,
-    read_image_set,
-    write_image_set,
-)
+from swd.data import IMAGE_SIZE, ImageSet, concept_split, default_cache_dir, read_image_set, write_image_set
 from swd.errors import SwdError
 
 SHAPES = ("circle", "square", "triangle", "star", "cross")

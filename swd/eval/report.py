@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from swd.errors import SwdError
+from swd.train.validation import read_json
 
 BEGIN, END = "<!-- swd report: begin -->", "<!-- swd report: end -->"
 
@@ -42,14 +43,7 @@ def load_evals(folder: str | Path) -> list[dict]:
 
 def _read_metrics(path: Path) -> dict:
     """One `swd eval run` metrics.json, with the fields the table and plots read checked up front."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise SwdError(f"--evals: {path} is not UTF-8 text") from None
-    except json.JSONDecodeError as err:
-        raise SwdError(f"--evals: {path} is not valid JSON ({err.msg} at line {err.lineno})") from None
-    except OSError as err:
-        raise SwdError(f"--evals: cannot read {path} ({err.strerror or err})") from None
+    data = read_json(path, "--evals")
     if not isinstance(data, dict):
         raise SwdError(f"--evals: {path} does not hold a JSON object (is it a `swd eval run` metrics.json?)")
     if not isinstance(data.get("metrics"), dict):

@@ -35,22 +35,13 @@ class PixelSpace:
         return latents
 
 
-class VaeSpace:
-    """A frozen diffusers AutoencoderKL: `encode` gives `(mean - shift_factor) * scaling_factor`.
+class _FrozenVae:
+    """A diffusers VAE moved to a device and dtype, in eval mode, without gradients; `chunk`: images
+    (or clips) per encode/decode call, which bounds the VAE's transient memory."""
 
-    The posterior mean is used (not a sample): it is deterministic, and the SD3/FLUX VAEs'
-    posterior std is tiny next to the diffusion noise added on top. Images are encoded in chunks
-    of `chunk` to bound the VAE's transient memory at 1024 px.
-    """
-
-    def __init__(self, vae, device=None, dtype: torch.dtype | None = None, chunk: int = 4):
-        config = vae.config
+    def __init__(self, vae, device, dtype: torch.dtype | None, chunk: int):
         # nn.Module.to: diffusers' own .to only adds a warning about fp32-kept modules (the VAE has none).
         self.vae = torch.nn.Module.to(vae, device=device, dtype=dtype).eval().requires_grad_(False)
-        self.scaling = float(config.scaling_factor)
-        self.shift = float(getattr(config, "shift_factor", None) or 0.0)
-        self.downsample = 2 ** (len(config.block_out_channels) - 1)
-        self.channels = int(config.latent_channels)
         self.chunk = chunk
 
     @property
@@ -60,6 +51,23 @@ class VaeSpace:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.vae.parameters()).dtype
+
+
+class VaeSpace(_FrozenVae):
+    """A frozen diffusers AutoencoderKL: `encode` gives `(mean - shift_factor) * scaling_factor`.
+
+    The posterior mean is used (not a sample): it is deterministic, and the SD3/FLUX VAEs'
+    posterior std is tiny next to the diffusion noise added on top. Images are encoded in chunks
+    of `chunk` to bound the VAE's transient memory at 1024 px.
+    """
+
+    def __init__(self, vae, device=None, dtype: torch.dtype | None = None, chunk: int = 4):
+        super().__init__(vae, device, dtype, chunk)
+        config = vae.config
+        self.scaling = float(config.scaling_factor)
+        self.shift = float(getattr(config, "shift_factor", None) or 0.0)
+        self.downsample = 2 ** (len(config.block_out_channels) - 1)
+        self.channels = int(config.latent_channels)
 
     def pixel_size(self, size: tuple[int, int]) -> tuple[int, int]:
         return (size[0] * self.downsample, size[1] * self.downsample)
@@ -83,7 +91,7 @@ class VaeSpace:
         return torch.cat(out)
 
 
-class VideoVaeSpace:
+class VideoVaeSpace(_FrozenVae):
     """A frozen diffusers AutoencoderKLWan (causal, x4 in time, x8 in space): `encode` gives the
     latents Wan's transformer sees, `(mean - latents_mean) / latents_std` per channel.
 
@@ -93,23 +101,14 @@ class VideoVaeSpace:
     time_mode = "linear"  # `swd.sampling.time_upsample_matrix`: the first latent frame apart
 
     def __init__(self, vae, device=None, dtype: torch.dtype | None = None, chunk: int = 2):
+        super().__init__(vae, device, dtype, chunk)
         config = vae.config
-        self.vae = torch.nn.Module.to(vae, device=device, dtype=dtype).eval().requires_grad_(False)
         self.channels = int(config.z_dim)
         self.downsample = int(config.scale_factor_spatial)
         self.temporal = int(config.scale_factor_temporal)
         shape = (1, self.channels, 1, 1, 1)
         self.mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(shape)
         self.std = torch.tensor(config.latents_std, dtype=torch.float32).view(shape)
-        self.chunk = chunk
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.vae.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.vae.parameters()).dtype
 
     def pixel_size(self, size: tuple[int, int, int]) -> tuple[int, int, int]:
         """(latent frames, h, w) -> (4 (frames - 1) + 1, 8 h, 8 w)."""
