@@ -336,6 +336,14 @@ class SwDPipelineMixin:
         against the network (patch size, largest latent size)."""
         return check_schedule(schedule, adapter, self.schedule or self.default_schedule)
 
+    def _start_call(self, guidance_scale, clip_skip=None) -> None:
+        """The call state diffusers' properties read (`guidance_scale`, `clip_skip`, `interrupt`, ...)."""
+        self._guidance_scale = guidance_scale
+        self._clip_skip = clip_skip
+        self._joint_attention_kwargs = None
+        self._cross_attention_kwargs = None
+        self._interrupt = False
+
     def sample_latents(self, denoiser, schedule: ScaleSchedule, batch: int, channels: int, generator, device, dtype,
                        latents, upsample_mode: str, callback, **options) -> torch.Tensor:
         """Step 3 of `__call__`: `sample_scalewise` from noise at the first scale (or `latents`) to x0
@@ -386,14 +394,6 @@ class ScaleWisePipelineMixin(SwDPipelineMixin):
     def _condition(self, prompt_embeds, pooled, num_images_per_prompt: int, device, dtype) -> TextCondition:
         cond = TextCondition(prompt_embeds.to(device, dtype), pooled.to(device, dtype))
         return cond.repeat(num_images_per_prompt)
-
-    def _start_call(self, guidance_scale, clip_skip=None) -> None:
-        """The call state diffusers' properties read (`guidance_scale`, `clip_skip`, `interrupt`, ...)."""
-        self._guidance_scale = guidance_scale
-        self._clip_skip = clip_skip
-        self._joint_attention_kwargs = None
-        self._cross_attention_kwargs = None
-        self._interrupt = False
 
     def denoiser(self, adapter, cond: TextCondition, uncond: Optional[TextCondition], guidance_scale: float, device):
         """Step 2 of `__call__` (`prompt_denoiser`), through the compiled adapter after `compile()`."""

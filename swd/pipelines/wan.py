@@ -197,8 +197,7 @@ class SwDWanPipeline(SwDPipelineMixin, WanPipeline):
             output_type=output_type, upsample_mode=upsample_mode, time_mode=time_mode,
             max_sequence_length=max_sequence_length,
         )
-        self._guidance_scale = guidance_scale
-        self._interrupt = False
+        self._start_call(guidance_scale)
         device = self._execution_device
         adapter = self.model_adapter()
         dtype = adapter.dtype
