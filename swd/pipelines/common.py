@@ -26,6 +26,10 @@ from swd.sampling import UPSAMPLE_MODES, conditioned, guided, sample_scalewise
 from swd.schedules import ScaleSchedule, resolve_schedule
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# Components a scale-wise image pipeline loads without: the scheduler is never stepped, and
+# without text encoders and tokenizers the caller passes embeddings. SD3 adds its T5 pair.
+OPTIONAL_COMPONENTS = ["scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "image_encoder",
+                       "feature_extractor"]
 # What the trainer's export writes beside a student's config.json (`swd distill`, swd/train/distill.py).
 SCHEDULE_FILE = "schedule.yaml"
 
@@ -467,6 +471,7 @@ class ScaleWisePipelineMixin(SwDPipelineMixin):
 
 
 __all__ = [
+    "OPTIONAL_COMPONENTS",
     "OUTPUT_TYPES",
     "SwDPipelineMixin",
     "SCHEDULE_FILE",

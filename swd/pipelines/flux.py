@@ -20,6 +20,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokeniz
 
 from swd.models.flux import FluxAdapter
 from swd.pipelines.common import (
+    OPTIONAL_COMPONENTS,
     ScaleWisePipelineMixin,
     ScheduleArg,
     authors_schedule,
@@ -44,15 +45,7 @@ class SwDFluxPipeline(ScaleWisePipelineMixin, FluxPipeline):
     default_schedule = "flux-dev-4"
     default_guidance = 4.5
     text_encoder_names = "text encoders/tokenizers (CLIP and T5)"
-    _optional_components = [
-        "scheduler",
-        "text_encoder",
-        "tokenizer",
-        "text_encoder_2",
-        "tokenizer_2",
-        "image_encoder",
-        "feature_extractor",
-    ]
+    _optional_components = [*OPTIONAL_COMPONENTS]
 
     def __init__(
         self,

@@ -25,6 +25,7 @@ from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderMo
 
 from swd.models.sd3 import SD3Adapter
 from swd.pipelines.common import (
+    OPTIONAL_COMPONENTS,
     ScaleWisePipelineMixin,
     ScheduleArg,
     authors_schedule,
@@ -48,17 +49,7 @@ class SwDStableDiffusion3Pipeline(ScaleWisePipelineMixin, StableDiffusion3Pipeli
     """
 
     default_schedule = "sd35-large-4"
-    _optional_components = [
-        "scheduler",
-        "text_encoder",
-        "tokenizer",
-        "text_encoder_2",
-        "tokenizer_2",
-        "text_encoder_3",
-        "tokenizer_3",
-        "image_encoder",
-        "feature_extractor",
-    ]
+    _optional_components = [*OPTIONAL_COMPONENTS, "text_encoder_3", "tokenizer_3"]
 
     def __init__(
         self,

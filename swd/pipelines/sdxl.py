@@ -29,6 +29,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from swd.models.unet import UNetAdapter
 from swd.pipelines.common import (
+    OPTIONAL_COMPONENTS,
     ScaleWisePipelineMixin,
     ScheduleArg,
     authors_schedule,
@@ -53,15 +54,7 @@ class SwDStableDiffusionXLPipeline(ScaleWisePipelineMixin, StableDiffusionXLPipe
 
     default_schedule = "sdxl-4"
     network_name = "unet"
-    _optional_components = [
-        "scheduler",
-        "text_encoder",
-        "tokenizer",
-        "text_encoder_2",
-        "tokenizer_2",
-        "image_encoder",
-        "feature_extractor",
-    ]
+    _optional_components = [*OPTIONAL_COMPONENTS]
 
     def __init__(
         self,
