@@ -122,6 +122,14 @@ def paths(tmp_path_factory):
 
     broken_copy("ckpt_trunc", truncate_ema)
 
+    def flip_ema_byte(d):
+        f = d / "ema.safetensors"
+        raw = bytearray(f.read_bytes())
+        raw[-1] ^= 0xFF  # same size, and still a readable safetensors file: only the sha256 tells
+        f.write_bytes(bytes(raw))
+
+    broken_copy("ckpt_flipped", flip_ema_byte)
+
     def other_model(d):
         meta = json.loads((d / "meta.json").read_text())
         meta["config"]["model"]["width"] = 64
@@ -265,6 +273,7 @@ CASES = [
     ("export-corrupt-meta", [*EXPORT, "{ckpt_badmeta}", "--out", "{tmp}/e1"], "meta.json"),
     ("export-meta-without-config", [*EXPORT, "{ckpt_nocfg}", "--out", "{tmp}/e2"], "meta.json"),
     ("export-truncated-weights", [*EXPORT, "{ckpt_trunc}", "--out", "{tmp}/e3"], "ema.safetensors"),
+    ("export-flipped-weights", [*EXPORT, "{ckpt_flipped}", "--out", "{tmp}/e8"], "ema.safetensors does not match its sha256"),
     ("export-other-model", [*EXPORT, "{ckpt_mismatch}", "--out", "{tmp}/e4"], "does not fit"),
     ("export-distill-checkpoint", [*EXPORT, "{ckpt_distill}", "--out", "{tmp}/e5"], "distillation checkpoint"),
     ("export-only-torn-checkpoint", [*EXPORT, "{torn_run}", "--out", "{tmp}/e6"], "no intact checkpoint"),

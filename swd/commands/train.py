@@ -104,14 +104,15 @@ def _cmd_export(args) -> int:
     from swd.config import from_dict
     from swd.errors import SwdError
     from swd.models.testbed import build_testbed_model
-    from swd.train.checkpoint import latest_checkpoint, load_module
+    from swd.train.checkpoint import latest_checkpoint, load_module, verify_checkpoint
     from swd.train.teacher import TeacherConfig
     from swd.train.validation import read_json
 
     # diffusers' save_pretrained only logs (and writes nothing) when the target is a file.
     check_output_folder(args.out, "--out")
     path = Path(args.checkpoint)
-    if (path / "checkpoints").is_dir():
+    from_run = (path / "checkpoints").is_dir()
+    if from_run:  # its newest checkpoint whose files match meta.json
         path = latest_checkpoint(path / "checkpoints") or path
     meta_file = path / "meta.json"
     if not meta_file.is_file():
@@ -125,6 +126,10 @@ def _cmd_export(args) -> int:
     weights = path / f"{args.weights}.safetensors"
     if not weights.is_file():
         raise SwdError(f"--weights: {path} has no {args.weights!r} module")
+    torn = None if from_run else verify_checkpoint(path)  # a checkpoint named directly: as resume would
+    if torn is not None:
+        raise SwdError(f"--checkpoint: {path} does not match its meta.json ({torn}); "
+                       f"it was torn or edited after it was written")
     cfg = from_dict(TeacherConfig, meta["config"])
     model = build_testbed_model(cfg.model)  # MMDiT or UNet, by model.arch
     load_module(path, args.weights, model)  # the same one-line faults as a resume
