@@ -12,12 +12,21 @@ from diffusers import SD3Transformer2DModel
 
 from swd.errors import SwdError
 from swd.models import SD3Adapter, TextCondition
-from swd.pipelines import SwDFluxPipeline, SwDStableDiffusion3Pipeline, SwDStableDiffusionXLPipeline
+from swd.pipelines import SwDFluxPipeline, SwDStableDiffusion3Pipeline, SwDStableDiffusionXLPipeline, SwDWanPipeline
 from swd.sampling import conditioned, sample_scalewise
 from swd.schedules import ScaleSchedule
 from swd.train.distill import export_student
 
-from tests.pipelines import TINY_SCHEDULE, embeddings, flux_components, quiet, sample, sd3_components, sdxl_components
+from tests.pipelines import (
+    TINY_SCHEDULE,
+    embeddings,
+    flux_components,
+    quiet,
+    sample,
+    sd3_components,
+    sdxl_components,
+    wan_components,
+)
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "swd" / "weights"
 # Not a preset, and sigmas with more digits than schedule.yaml keeps (6 decimals).
@@ -67,6 +76,16 @@ def test_flux_and_sdxl_keep_the_schedule_in_their_config(tmp_path, cls, componen
     loaded = quiet(cls.from_pretrained(tmp_path / "p"))
     assert loaded.schedule == STUDENT
     assert run(loaded).shape == (1, 4, 24, 24)
+
+
+def test_wan_keeps_a_video_schedule_in_its_config(tmp_path):
+    video = ScaleSchedule(scales=[(1, 2, 2), (2, 4, 4)], sigmas=[1.0, 0.6543210987], name="video-2")
+    pipe = quiet(SwDWanPipeline(**wan_components(with_text=False), schedule=video))
+    pipe.save_pretrained(tmp_path / "wan")
+    loaded = quiet(SwDWanPipeline.from_pretrained(tmp_path / "wan"))
+    assert loaded.schedule == video
+    frames = sample(loaded, None, prompt_embeds=torch.randn(1, 6, 16, generator=torch.Generator().manual_seed(7)))
+    assert frames.shape == (1, 16, 2, 4, 4)  # the config's last scale, (frames, h, w)
 
 
 def test_a_folder_saved_before_the_entry_loads_with_the_schedule_yaml_beside_the_network(tmp_path):
