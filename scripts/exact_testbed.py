@@ -46,6 +46,10 @@ RUNS = [
     # teacher like the copy), to see whether the off-subspace energy still grows.
     ("dmd-only-wide-fake", "dmd-only", 300, DMD_FIXED, "w128"),
     ("swd-wide-fake", "swd", 300, DMD_FIXED, "w128"),
+    # The fake score lets fresh noise through where the exact real score removes it: DMD's
+    # direction then carries zero-mean noise. Antithetic noise (eps and -eps) cancels that part.
+    ("dmd-only-antithetic", "dmd-only", 300, {**DMD_FIXED, "losses.dmd_antithetic": True}),
+    ("swd-antithetic", "swd", 300, {**DMD_FIXED, "losses.dmd_antithetic": True}),
 ]
 # Fake-score networks other than the copy: name -> (width, depth), regressed like the copy.
 FAKE_NETS = {"w128": (128, 2)}

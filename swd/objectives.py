@@ -50,6 +50,9 @@ class LossConfig:
     dmd_sigma_idx: tuple[int, int] = (12, 27)  # grid indices DMD draws its noise level from (sigma <= .79)
     mmd_sigma_idx: tuple[int, int] = (18, 27)  # and MMD / GAN (sigma <= .60)
     fake_sigma_idx: tuple[int, int] = (0, 27)  # and the fake-score regression (whole grid)
+    # Score DMD at eps and -eps and average: the part of x0_real - x0_fake linear in the fresh noise
+    # (noise a learned score lets through, zero-mean but as large as the signal) cancels.
+    dmd_antithetic: bool = False
     fake_weighting: str = "x0"  # x0 (authors' release) | velocity (the teacher's own loss weighting)
     mmd_kernel: str = "linear"  # linear | rbf
     mmd_bandwidth: float = 100.0  # rbf kernel width, in feature units (SD3.5 features; tiny models need less)
@@ -182,11 +185,14 @@ class Objective:
         """DMD2: both scores read the detached sample re-noised to a level from the lower grid."""
         sigma = self.noise_level(self.lc.dmd_sigma_idx, x0_hat, gen)
         eps = self.noise(x0_hat, gen)
+        signs = (1.0, -1.0) if self.lc.dmd_antithetic else (1.0,)
+        x0_real, x0_fake = 0.0, 0.0
         with torch.no_grad():
-            x = self.process.add_noise(x0_hat.detach(), sigma, eps)
-            v_real = guided(self.critics.real, cond, self.critics.uncond, self.lc.teacher_cfg)(x, sigma)
-            x0_real = self.process.x0(x, sigma, v_real.float())
-            x0_fake = self.process.x0(x, sigma, self.critics.fake.adapter(x, sigma, cond).float())
+            for sign in signs:
+                x = self.process.add_noise(x0_hat.detach(), sigma, sign * eps)
+                v_real = guided(self.critics.real, cond, self.critics.uncond, self.lc.teacher_cfg)(x, sigma)
+                x0_real = x0_real + self.process.x0(x, sigma, v_real.float()) / len(signs)
+                x0_fake = x0_fake + self.process.x0(x, sigma, self.critics.fake.adapter(x, sigma, cond).float()) / len(signs)
         return dmd_loss(x0_hat, x0_real, x0_fake)
 
 

@@ -146,3 +146,59 @@ def test_registry_matches_the_config_literal_and_rejects_unknown_names():
         objective_class("gan-only")
     assert [n for n in OBJECTIVES if objective_class(n).full_resolution] == ["dmd2-full"]
     assert [n for n in OBJECTIVES if not objective_class(n).needs_fake(LossConfig())] == ["mmd-only"]
+
+
+def test_antithetic_dmd_by_hand(nets):
+    """DMD scored at x(+eps) and x(-eps), x0 estimates averaged before the direction is formed."""
+    teacher, fake, cond, uncond, x0_hat, target = nets
+    t, f = adapter_for(teacher), fake.adapter
+    _, terms = _objective("dmd-only", nets, dmd_antithetic=True).generator_loss(
+        x0_hat, target, cond, torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        sigma = _level(gen, 12, 27)
+        eps = torch.randn(x0_hat.shape, generator=gen)
+        s = sigma.view(-1, 1, 1, 1)
+        x0_real, x0_fake = 0, 0
+        for x in (_noised(x0_hat, sigma, eps), _noised(x0_hat, sigma, -eps)):
+            v_cond, v_uncond = t(x, sigma, cond), t(x, sigma, uncond.expand_to(B))
+            x0_real = x0_real + 0.5 * (x - s * (v_uncond + CFG * (v_cond - v_uncond)))
+            x0_fake = x0_fake + 0.5 * (x - s * f(x, sigma, cond))
+        p_real, p_fake = x0_hat - x0_real, x0_hat - x0_fake
+        g = (p_real - p_fake) / p_real.abs().mean(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(terms["dmd"], 0.5 * g.square().mean(), rtol=1e-5, atol=1e-7)
+    # and it differs from the one-sided term of the same draw (the noise part is really gone)
+    _, one_sided = _objective("dmd-only", nets).generator_loss(x0_hat, target, cond, torch.Generator().manual_seed(5))
+    assert abs(one_sided["dmd"].item() - terms["dmd"].item()) > 1e-4
+
+
+def test_antithetic_dmd_cancels_noise_a_linear_score_lets_through():
+    """Real and fake x0 estimates linear in x (gains a, b): the antithetic direction is
+    (a - b)(1 - sigma) x0_hat whatever eps is; the one-sided one carries (a - b) sigma eps too."""
+    from swd.objectives import DMDOnly
+
+    class Linear(torch.nn.Module):  # velocity of the estimate x0 = gain * x in the flow process
+        def __init__(self, gain):
+            super().__init__()
+            self.gain = gain
+
+        def forward(self, x, sigma, cond):
+            return (x - self.gain * x) / sigma.view(-1, 1, 1, 1)
+
+    class LinearFake(torch.nn.Module):
+        adapter = Linear(0.3)
+
+    x0_hat = torch.randn(4, 3, 8, 8)
+    uncond = TextCondition(torch.zeros(1, 2, 8), torch.zeros(1, 8))
+    cond = TextCondition(torch.zeros(4, 2, 8), torch.zeros(4, 8))
+    critics = Critics(real=Linear(0.7), features=None, fake=LinearFake(), uncond=uncond, feature_block=0)
+    losses = []
+    for seed in (0, 1):
+        objective = DMDOnly(LossConfig(teacher_cfg=1.0, gan_weight=0.0, dmd_antithetic=True), critics)
+        gen = torch.Generator().manual_seed(seed)
+        sigma = objective.noise_level(objective.lc.dmd_sigma_idx, x0_hat, gen)
+        losses.append(objective.dmd_term(x0_hat, cond, torch.Generator().manual_seed(seed)))
+        s = sigma.view(-1, 1, 1, 1)
+        p_real, p_fake = x0_hat - 0.7 * (1 - s) * x0_hat, x0_hat - 0.3 * (1 - s) * x0_hat
+        g = (p_real - p_fake) / p_real.abs().mean(dim=(1, 2, 3), keepdim=True)
+        torch.testing.assert_close(losses[-1], 0.5 * g.square().mean(), rtol=1e-5, atol=1e-6)
