@@ -75,15 +75,26 @@ class SampleScore:
         return all(self.claims)
 
 
-@dataclass
-class ShapesReport:
-    """Scores of a batch: overall and per-category accuracy (GenEval's summary)."""
+def share(values) -> float:
+    """The mean of booleans (the share that hold) or numbers, as a float; NaN when there are none."""
+    values = list(values)
+    return float(np.mean(values)) if values else float("nan")
 
-    scores: list[SampleScore] = field(default_factory=list)
+
+@dataclass
+class Report:
+    """Scores of a batch, each with a `correct` verdict; `accuracy` is the share that are correct."""
+
+    scores: list = field(default_factory=list)
 
     @property
     def accuracy(self) -> float:
-        return float(np.mean([s.correct for s in self.scores])) if self.scores else float("nan")
+        return share(s.correct for s in self.scores)
+
+
+@dataclass
+class ShapesReport(Report):
+    """Scores (`SampleScore`) of a batch of images: overall and per-category accuracy (GenEval's summary)."""
 
     @property
     def per_category(self) -> dict[str, float]:
@@ -93,8 +104,7 @@ class ShapesReport:
     @property
     def geneval_score(self) -> float:
         """Mean of the per-category accuracies, so each category weighs the same."""
-        per = self.per_category
-        return float(np.mean(list(per.values()))) if per else float("nan")
+        return share(self.per_category.values())
 
 
 def as_uint8_images(images, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:

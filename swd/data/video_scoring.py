@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from swd.data.moving_shapes import DIRECTIONS, MovingObject, MovingSample
-from swd.data.scoring import Detection, as_uint8_images, detect_batch
+from swd.data.scoring import Detection, Report, as_uint8_images, detect_batch, share
 from swd.errors import SwdError
 
 # Speeds are 2 ("slowly") and 4 ("quickly") units per frame; the boundaries sit between them.
@@ -69,13 +69,9 @@ class ClipScore:
 
 
 @dataclass
-class VideoReport:
-    scores: list[ClipScore] = field(default_factory=list)
-
-    @property
-    def accuracy(self) -> float:
-        """Share of clips whose every claim holds."""
-        return float(np.mean([s.correct for s in self.scores])) if self.scores else float("nan")
+class VideoReport(Report):
+    """Scores (`ClipScore`) of a batch of clips: the share of clips whose every claim holds, and
+    per attribute."""
 
     @property
     def per_attribute(self) -> dict[str, float]:
@@ -86,8 +82,7 @@ class VideoReport:
     @property
     def motion_accuracy(self) -> float:
         """Share of captioned objects found in their colour and moving the captioned direction."""
-        checks = [c for s in self.scores for c in s.checks]
-        return float(np.mean([c["color"] and c["direction"] for c in checks])) if checks else float("nan")
+        return share(c["color"] and c["direction"] for s in self.scores for c in s.checks)
 
     def to_dict(self) -> dict:
         return {"clips": len(self.scores), "accuracy": self.accuracy, "motion_accuracy": self.motion_accuracy,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from swd.data import ImageSet, read_image_set
-from swd.data.scoring import detect_objects, score_shapes
+from swd.data.scoring import SampleScore, ShapesReport, detect_objects, score_shapes
 from swd.data.shapes import (
     CATEGORIES,
     COLORS,
@@ -128,3 +128,13 @@ def test_user_errors_name_the_field():
         make_sample("bogus")
     with pytest.raises(SwdError, match="split"):
         ImageSet(np.zeros((0, 64, 64, 3), np.uint8), [], {}).select("test")
+
+
+def test_shapes_report_summaries_by_hand():
+    report = ShapesReport([SampleScore("count", [True, True], []), SampleScore("count", [True, False], []),
+                           SampleScore("colour", [True], [])])
+    assert report.accuracy == pytest.approx(2 / 3)
+    assert report.per_category == {"colour": 1.0, "count": 0.5}
+    assert report.geneval_score == pytest.approx(0.75)  # each category weighs the same
+    empty = ShapesReport()
+    assert np.isnan(empty.accuracy) and empty.per_category == {} and np.isnan(empty.geneval_score)
