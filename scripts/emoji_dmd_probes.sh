@@ -8,6 +8,7 @@ base=(--config configs/testbed/swd-emoji-cpu.yaml --set objective=dmd-only --set
 for name in "$@"; do
   case $name in
     gen-lr-1e-5) extra=(--set generator.lr=1.0e-5) ;;
+    antithetic) extra=(--set losses.dmd_antithetic=true) ;;
     *) echo "unknown probe $name" >&2; exit 2 ;;
   esac
   OMP_NUM_THREADS=1 $PY -m swd.cli distill "${base[@]}" --set train.steps=${STEPS:-52} \

@@ -10,7 +10,8 @@ generator's own off-subspace part would have if that part were isotropic Gaussia
 DMD moves the generator along x0_real - x0_fake, so where the fake keeps less than the ideal fake
 (and the real keeps more), each step adds off-subspace energy; `drive` is the mean of
 <P(x0_real - x0_fake), P x0> / |P x0|^2 over the samples (> 0: the step grows the energy), and
-`push_energy` the size of DMD's off-subspace direction, |P(x0_real - x0_fake)|^2 over |P x0|^2.
+`push_energy` the size of DMD's off-subspace direction, |P(x0_real - x0_fake)|^2 over |P x0|^2
+(`push_energy_antithetic`: the same with the estimates averaged over eps and -eps).
 Prints one JSON line per run.
 """
 
@@ -71,13 +72,17 @@ def measure(run: Path, n_per_class: int = 128, seed: int = 7) -> dict:
         sig = torch.full((b,), s)
         x0_real = x_t - s * real(x_t, sig)
         x0_fake = x_t - s * fake_den(x_t, sig)
+        x_m = (1 - s) * x0 - s * eps  # the antithetic partner: DMD's noise-linear part cancels in the mean
+        both = ((x0_real + x_m - s * real(x_m, sig)) - (x0_fake + x_m - s * fake_den(x_m, sig))) / 2
         ideal = (1 - s) * v_gen / ((1 - s) ** 2 * v_gen + s * s)
         push = ((x0_real - x0_fake).reshape(b, d) @ off * (flat @ off)).sum(1) / (flat @ off).square().sum(1)
         rows.append({"sigma": s, "gain_real": gain(x0_real.reshape(b, d), x_t.reshape(b, d), off),
                      "gain_fake": gain(x0_fake.reshape(b, d), x_t.reshape(b, d), off), "gain_ideal_fake": ideal,
                      "drive": float(push.mean()),
                      "push_energy": float(((x0_real - x0_fake).reshape(b, d) @ off).square().sum(1).mean()
-                                          / (flat @ off).square().sum(1).mean())})
+                                          / (flat @ off).square().sum(1).mean()),
+                     "push_energy_antithetic": float((both.reshape(b, d) @ off).square().sum(1).mean()
+                                                     / (flat @ off).square().sum(1).mean())})
     return {"run": str(run), "checkpoint": ckpt.name, "v_gen_over_true": v_gen / v_true, "per_sigma": rows}
 
 

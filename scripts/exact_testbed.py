@@ -50,6 +50,8 @@ RUNS = [
     # direction then carries zero-mean noise. Antithetic noise (eps and -eps) cancels that part.
     ("dmd-only-antithetic", "dmd-only", 300, {**DMD_FIXED, "losses.dmd_antithetic": True}),
     ("swd-antithetic", "swd", 300, {**DMD_FIXED, "losses.dmd_antithetic": True}),
+    # DMD alone: dmd-only also carries DMD2's GAN term (generator 5e-3, discriminator 1e-2).
+    ("dmd-no-gan", "dmd-only", 300, {**DMD_FIXED, "losses.gan_weight": 0.0, "losses.disc_weight": 0.0}),
 ]
 # Fake-score networks other than the copy: name -> (width, depth), regressed like the copy.
 FAKE_NETS = {"w128": (128, 2)}

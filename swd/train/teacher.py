@@ -27,7 +27,7 @@ from swd.errors import SwdError
 from swd.images import save_grid
 from swd.models import adapter_for
 from swd.models.testbed import MMDiTConfig, UNetConfig, build_testbed_model, resolve_model_config
-from swd.sampling import add_noise, guided, make_generator, sample_teacher
+from swd.sampling import TeacherSampler, add_noise, make_generator, sample
 from swd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trim_log
 from swd.train.common import (
     CaptionedData,
@@ -114,9 +114,9 @@ def teacher_samples(adapter, data: CaptionedData, cfg: TeacherConfig, device, se
     cond = data.heldout_condition(n).to(device)
     uncond = data.empty_condition().to(device)
     size = (cfg.model.sample_size, cfg.model.sample_size)
+    spec = TeacherSampler(steps=cfg.sample.steps, guidance=cfg.sample.guidance)
     with torch.no_grad(), autocast_context(device, cfg.train.precision):
-        x = sample_teacher(guided(adapter, cond, uncond, cfg.sample.guidance), size, n, 3,
-                           steps=cfg.sample.steps, generator=make_generator(seed), device=device)
+        x = sample(adapter, spec, cond, uncond, make_generator(seed), device, size=size)
     return x.float().clamp(-1, 1)
 
 
