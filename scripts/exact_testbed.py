@@ -52,6 +52,11 @@ RUNS = [
     ("swd-antithetic", "swd", 300, {**DMD_FIXED, "losses.dmd_antithetic": True}),
     # DMD alone: dmd-only also carries DMD2's GAN term (generator 5e-3, discriminator 1e-2).
     ("dmd-no-gan", "dmd-only", 300, {**DMD_FIXED, "losses.gan_weight": 0.0, "losses.disc_weight": 0.0}),
+    # An EMA of the generator (scored and exported in its place) averages out parameter noise.
+    ("dmd-only-ema", "dmd-only", 300, {**DMD_FIXED, "train.ema_decay": 0.99}),
+    ("swd-ema", "swd", 300, {**DMD_FIXED, "train.ema_decay": 0.99}),
+    ("swd-ema-800", "swd", 800, {**DMD_FIXED, "train.ema_decay": 0.99}),
+    ("dmd-only-ema-800", "dmd-only", 800, {**DMD_FIXED, "train.ema_decay": 0.99}),
 ]
 # Fake-score networks other than the copy: name -> (width, depth), regressed like the copy.
 FAKE_NETS = {"w128": (128, 2)}
@@ -137,12 +142,14 @@ def main() -> None:
         trace = [{"step": r["step"], **r["eval"]} for r in trace if "eval" in r]
         how = "fewstep" if objective == "dmd2-full" else "scalewise"
         schedule = exact_schedule(tb.spec.size, full_resolution=objective == "dmd2-full")
-        final = clean(tb.score(result.generator, how, N_PER_CLASS, schedule=schedule))
+        # The exported student (the EMA when train.ema_decay > 0, as the trace scores), else the generator.
+        student = type(net).from_pretrained(result.export_dir) if overrides.get("train.ema_decay") else result.generator
+        final = clean(tb.score(student, how, N_PER_CLASS, schedule=schedule))
         write(out, name, {"objective": objective, "steps": steps, "overrides": overrides,
                           **({"fake": {"name": fake[0], "width_depth": FAKE_NETS[fake[0]]}} if fake else {}), "trace": trace,
                           "final": final, "minutes_with_evals": minutes})
         if objective != "dmd2-full":  # the broken sampler on the same student
-            broken = clean(tb.score(result.generator, "scalewise", N_PER_CLASS, order="noise_then_upsample"))
+            broken = clean(tb.score(student, "scalewise", N_PER_CLASS, order="noise_then_upsample"))
             write(out, f"{name}-noise-first", {"final": broken})
 
 
