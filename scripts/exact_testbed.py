@@ -207,8 +207,9 @@ def plot_traces(out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, trace in _traces(out).items():
-        ax.plot([t["step"] for t in trace], [t["fd"] for t in trace], marker="o", ms=3, label=name)
+    for i, (name, trace) in enumerate(_traces(out).items()):  # 10 colours, then the next line style
+        ax.plot([t["step"] for t in trace], [t["fd"] for t in trace], marker="o", ms=3, label=name,
+                ls=("-", "--", ":")[i // 10 % 3])
     for name, style in (("analytic-scalewise-4", ":"), ("network-scalewise-4", "--"), ("analytic-28", "-.")):
         if (out / f"{name}.json").exists():
             ax.axhline(json.loads((out / f"{name}.json").read_text())["final"]["fd"], ls=style, c="gray", lw=1)
