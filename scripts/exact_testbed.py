@@ -44,8 +44,8 @@ RUNS = [
                                                       "fake.lr": 3e-5}),
     # Fake-score capacity: the same runs with a 4x wider fake score (regressed onto the analytic
     # teacher like the copy), to see whether the off-subspace energy still grows.
-    ("dmd-only-wide-fake", "dmd-only", 300, DMD_FIXED, "w128"),
-    ("swd-wide-fake", "swd", 300, DMD_FIXED, "w128"),
+    ("dmd-only-wide-fake", "dmd-only", 300, DMD_FIXED, {"fake": "w128"}),
+    ("swd-wide-fake", "swd", 300, DMD_FIXED, {"fake": "w128"}),
     # The fake score lets fresh noise through where the exact real score removes it: DMD's
     # direction then carries zero-mean noise. Antithetic noise (eps and -eps) cancels that part.
     ("dmd-only-antithetic", "dmd-only", 300, {**DMD_FIXED, "losses.dmd_antithetic": True}),
@@ -56,9 +56,12 @@ RUNS = [
     ("dmd-only-ema", "dmd-only", 300, {**DMD_FIXED, "train.ema_decay": 0.99}),
     ("swd-ema", "swd", 300, {**DMD_FIXED, "train.ema_decay": 0.99}),
     ("swd-ema-800", "swd", 800, {**DMD_FIXED, "train.ema_decay": 0.99}),
+    # Generator capacity: the wider network as the copy (generator, fake score and features all 4x wider).
+    ("dmd-only-wide-all", "dmd-only", 300, DMD_FIXED, {"copy": "w128"}),
     ("dmd-only-ema-800", "dmd-only", 800, {**DMD_FIXED, "train.ema_decay": 0.99}),
 ]
-# Fake-score networks other than the copy: name -> (width, depth), regressed like the copy.
+# Networks other than the copy (a run's {"fake": name} or {"copy": name}, the copy then seeding the
+# generator, the fake score and the features): name -> (width, depth), regressed like the copy.
 FAKE_NETS = {"w128": (128, 2)}
 
 
@@ -124,18 +127,19 @@ def main() -> None:
             write(out, name, {"final": clean(tb.score(net, how, N_PER_CLASS))})
 
     fakes = {}
-    for name, objective, steps, overrides, *fake in RUNS:
+    for name, objective, steps, overrides, *choice in RUNS:
         if not want(name):
             continue
-        fake_net = None
-        if fake:
-            if fake[0] not in fakes:
-                fakes[fake[0]] = regressed_fake(tb, out, fake[0])
-            fake_net = fakes[fake[0]]
+        nets = choice[0] if choice else {}
+        for which in nets.values():
+            if which not in fakes:
+                fakes[which] = regressed_fake(tb, out, which)
+        fake_net = fakes[nets["fake"]] if "fake" in nets else None
+        copy_net = fakes[nets["copy"]] if "copy" in nets else net
         run_dir = Path("runs/exact") / name
         shutil.rmtree(run_dir, ignore_errors=True)
         t = time.time()
-        result = distill_exact(tb, net, objective, run_dir, steps, overrides=overrides, eval_every=steps // 8,
+        result = distill_exact(tb, copy_net, objective, run_dir, steps, overrides=overrides, eval_every=steps // 8,
                                fake_init=fake_net)
         minutes = (time.time() - t) / 60
         trace = [json.loads(line) for line in open(run_dir / "log.jsonl")]
@@ -143,10 +147,10 @@ def main() -> None:
         how = "fewstep" if objective == "dmd2-full" else "scalewise"
         schedule = exact_schedule(tb.spec.size, full_resolution=objective == "dmd2-full")
         # The exported student (the EMA when train.ema_decay > 0, as the trace scores), else the generator.
-        student = type(net).from_pretrained(result.export_dir) if overrides.get("train.ema_decay") else result.generator
+        student = type(copy_net).from_pretrained(result.export_dir) if overrides.get("train.ema_decay") else result.generator
         final = clean(tb.score(student, how, N_PER_CLASS, schedule=schedule))
         write(out, name, {"objective": objective, "steps": steps, "overrides": overrides,
-                          **({"fake": {"name": fake[0], "width_depth": FAKE_NETS[fake[0]]}} if fake else {}), "trace": trace,
+                          **{k: {"name": v, "width_depth": FAKE_NETS[v]} for k, v in nets.items()}, "trace": trace,
                           "final": final, "minutes_with_evals": minutes})
         if objective != "dmd2-full":  # the broken sampler on the same student
             broken = clean(tb.score(student, "scalewise", N_PER_CLASS, order="noise_then_upsample"))
