@@ -129,5 +129,5 @@ def distill_exact(testbed: ExactTestbed, init_network, objective: str, run_dir: 
     result = train_distill(cfg, data=testbed.data, teacher=copy.deepcopy(init_network),
                            real_score=real_score if real_score is not None else testbed.teacher,
                            evaluation=testbed.evaluation(eval_n_per_class) if eval_every else None,
-                           fake_init=copy.deepcopy(fake_init) if fake_init is not None else None)
+                           fake_init=fake_init)
     return result

@@ -253,7 +253,7 @@ def trim_log(path: str | Path, step: int) -> int:
     return dropped
 
 
-def _fit_error(err: Exception) -> str:
+def fit_error(err: Exception) -> str:
     """The first useful line of a load_state_dict error (the first line only names the class)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     for line in lines:
@@ -279,7 +279,7 @@ def load_module(path: str | Path, name: str, module: torch.nn.Module) -> None:
     try:
         module.load_state_dict(state)
     except RuntimeError as err:
-        raise SwdError(f"checkpoint: {path.name}/{file.name} does not fit the model ({_fit_error(err)}); "
+        raise SwdError(f"checkpoint: {path.name}/{file.name} does not fit the model ({fit_error(err)}); "
                        f"was it written with another model config or teacher?") from None
 
 

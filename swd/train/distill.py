@@ -289,8 +289,10 @@ def _build_models(cfg: DistillConfig, teacher: torch.nn.Module, frozen_dtype: Op
     family = model_family(teacher)
     needs_fake = objective_class(cfg.objective).needs_fake(cfg.losses)
     generator = copy.deepcopy(teacher).float() if cfg.generator.lora_rank <= 0 else None
-    fake_source = teacher if fake_init is None else fake_init.to(next(teacher.parameters()).device)
-    fake_model = copy.deepcopy(fake_source).float() if needs_fake and cfg.fake.lora_rank <= 0 else None
+    fake_source = teacher if fake_init is None else fake_init  # copied, never moved: the caller's stays put
+    fake_model = None
+    if needs_fake and cfg.fake.lora_rank <= 0:
+        fake_model = copy.deepcopy(fake_source).float().to(next(teacher.parameters()).device)
     teacher.eval().requires_grad_(False)
     if frozen_dtype is not None:
         # nn.Module.to: diffusers' own .to warns about fp32-kept modules (SD3 and FLUX have none).

@@ -28,7 +28,7 @@ from swd.images import save_grid
 from swd.models import adapter_for
 from swd.models.testbed import MMDiTConfig, UNetConfig, build_testbed_model, resolve_model_config
 from swd.sampling import TeacherSampler, add_noise, make_generator, sample
-from swd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trim_log
+from swd.train.checkpoint import fit_error, latest_checkpoint, load_checkpoint, save_checkpoint, trim_log
 from swd.train.common import (
     CaptionedData,
     autocast_context,
@@ -123,12 +123,11 @@ def teacher_samples(adapter, data: CaptionedData, cfg: TeacherConfig, device, se
 def warm_start(model: torch.nn.Module, folder: str) -> None:
     """Copy the weights of a saved teacher folder into `model`; they must fit its config exactly."""
     saved, _ = load_model_folder(folder, "init", what="teacher folder")
-    ours, theirs = model.state_dict(), saved.state_dict()
-    misfit = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
-    if misfit or len(theirs) != len(ours):
-        raise SwdError(f"init: {folder} does not fit model (e.g. {(misfit or sorted(set(theirs) - set(ours)))[0]}); "
-                       f"its config.json must match the config's model section")
-    model.load_state_dict(theirs)
+    try:
+        model.load_state_dict(saved.state_dict())
+    except RuntimeError as err:
+        raise SwdError(f"init: {folder} does not fit model ({fit_error(err)}); "
+                       f"its config.json must match the config's model section") from None
 
 
 def train_teacher(cfg: TeacherConfig, resume: bool = False, data: CaptionedData | None = None) -> Path:
