@@ -49,6 +49,10 @@ class TeacherTrainConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
     warmup_steps: int = 200
+    # Optional cool-down: from step decay_start the lr falls linearly to zero over decay_steps
+    # (a function of the step alone, so --resume needs no scheduler state).
+    decay_start: int = 0
+    decay_steps: int = 0
     ema_decay: float = 0.999
     caption_dropout: float = 0.1  # probability of the empty prompt, for classifier-free guidance
     scales: list[int] = field(default_factory=lambda: [32, 40, 48, 64])  # pixel sides trained on
@@ -104,8 +108,11 @@ def sample_logit_normal(batch: int, mean: float, std: float, device) -> torch.Te
 
 
 def lr_at(step: int, cfg: TeacherTrainConfig) -> float:
-    """Linear warm-up, then constant."""
-    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    """Linear warm-up, constant, then an optional linear cool-down to zero."""
+    lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    if cfg.decay_steps > 0 and step >= cfg.decay_start:
+        lr *= max(0.0, 1.0 - (step - cfg.decay_start) / cfg.decay_steps)
+    return lr
 
 
 def teacher_samples(adapter, data: CaptionedData, cfg: TeacherConfig, device, seed: int = 0) -> torch.Tensor:
@@ -140,6 +147,8 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False, data: CaptionedData 
     if any(s % multiple or s > cfg.model.sample_size for s in tc.scales):
         raise SwdError(f"train.scales: each must be a multiple of the model's patch size {multiple} "
                        f"and at most {cfg.model.sample_size}, got {tc.scales}")
+    if tc.decay_steps < 0 or tc.decay_start < 0:
+        raise SwdError(f"train.decay_start and train.decay_steps must be >= 0, got {tc.decay_start}, {tc.decay_steps}")
     ckpt_dir = run / "checkpoints"
     if not resume and latest_checkpoint(ckpt_dir) is not None:
         raise SwdError(f"run_dir: {run} already has checkpoints; pass --resume or choose another run_dir")

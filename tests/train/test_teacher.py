@@ -191,3 +191,24 @@ def test_warm_start_from_a_misfit_folder_is_one_line(tmp_path):
     cfg.init = str(tmp_path / "nowhere")
     with pytest.raises(SwdError, match="init"):
         train_teacher(cfg, data=data)
+
+
+def test_cool_down_falls_linearly_to_zero_and_is_logged(tmp_path):
+    from swd.train.teacher import TeacherTrainConfig, lr_at
+    tc = TeacherTrainConfig(lr=1e-3, warmup_steps=1, decay_start=10, decay_steps=4)
+    # by hand: 1e-3 up to step 9, then 1e-3 * (1 - (step - 10) / 4), never below zero
+    assert [lr_at(s, tc) for s in (0, 9, 10, 11, 13, 14, 20)] == pytest.approx(
+        [1e-3, 1e-3, 1e-3, 7.5e-4, 2.5e-4, 0.0, 0.0])
+    cfg = tiny_config(tmp_path / "c", 4)
+    cfg.train.decay_start, cfg.train.decay_steps = 1, 2
+    train_teacher(cfg, data=synthetic_data())
+    logged = [json.loads(line)["lr"] for line in (tmp_path / "c" / "log.jsonl").read_text().splitlines()]
+    lr = cfg.train.lr  # warm-up over 2 steps, then the cool-down from step 1 over 2 steps
+    assert logged == pytest.approx([0.5 * lr, lr, 0.5 * lr, 0.0])
+
+
+def test_negative_cool_down_is_rejected(tmp_path):
+    cfg = tiny_config(tmp_path / "n", 2)
+    cfg.train.decay_steps = -1
+    with pytest.raises(SwdError, match="decay_steps"):
+        train_teacher(cfg, data=synthetic_data())
