@@ -59,6 +59,11 @@ RUNS = [
     # Generator capacity: the wider network as the copy (generator, fake score and features all 4x wider).
     ("dmd-only-wide-all", "dmd-only", 300, DMD_FIXED, {"copy": "w128"}),
     ("dmd-only-ema-800", "dmd-only", 800, {**DMD_FIXED, "train.ema_decay": 0.99}),
+    # The optimiser: the generator's lr falls linearly to zero over the run (the fake score keeps its lr).
+    ("dmd-only-cool", "dmd-only", 300, {**DMD_FIXED, "generator.decay_steps": 300}),
+    ("swd-cool", "swd", 300, {**DMD_FIXED, "generator.decay_steps": 300}),
+    ("swd-cool-800", "swd", 800, {**DMD_FIXED, "generator.decay_steps": 800}),
+    ("dmd-only-cool-800", "dmd-only", 800, {**DMD_FIXED, "generator.decay_steps": 800}),
 ]
 # Networks other than the copy (a run's {"fake": name} or {"copy": name}, the copy then seeding the
 # generator, the fake score and the features): name -> (width, depth), regressed like the copy.

@@ -55,6 +55,14 @@ class CaptionedData:
         return TextCondition(self.heldout_states[sl], self.heldout_pooled[sl])
 
 
+def cooldown_factor(step: int, start: int, steps: int) -> float:
+    """The lr multiplier of a linear cool-down: 1 before `start`, then down to 0 over `steps`
+    (0 steps = no cool-down). A function of the step alone, so resuming needs no scheduler state."""
+    if steps <= 0 or step < start:
+        return 1.0
+    return max(0.0, 1.0 - (step - start) / steps)
+
+
 def _unique_first(captions: list[str]) -> list[int]:
     seen, keep = set(), []
     for i, c in enumerate(captions):

@@ -58,7 +58,7 @@ from swd.processes import FLOW
 from swd.sampling import make_generator, sample, upsample, upsample_video
 from swd.schedules import ScaleSchedule, resolve_schedule
 from swd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trim_log
-from swd.train.common import load_training_data
+from swd.train.common import cooldown_factor, load_training_data
 from swd.train.latents import PixelSpace, VaeSpace, VideoVaeSpace, load_vae, pretrained_folder
 
 ARCH_NAMES = ("testbed", *ARCHS)  # testbed = the pixel-space MMDiT of swd.models.testbed
@@ -71,6 +71,9 @@ class ModelTrainConfig:
     lr: float = 2e-5
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-2
+    # Optional linear cool-down: from generator step decay_start the lr falls to zero over decay_steps.
+    decay_start: int = 0
+    decay_steps: int = 0
 
 
 @dataclass
@@ -438,6 +441,15 @@ class Trainee:
     optimizer: Optional[torch.optim.Optimizer]
     grad_clip: float
     world: int  # processes whose gradients are averaged
+    settings: Optional[ModelTrainConfig] = None  # lr and its cool-down
+
+    def set_lr_for(self, step: int) -> None:
+        """The learning rate of generator step `step` (0-based)."""
+        if self.optimizer is None or self.settings is None:
+            return
+        s = self.settings
+        for group in self.optimizer.param_groups:
+            group["lr"] = s.lr * cooldown_factor(step, s.decay_start, s.decay_steps)
 
     def step(self, loss: torch.Tensor) -> torch.Tensor:
         """Backward, average across processes, clip, step; returns the gradient norm before clipping."""
@@ -532,6 +544,8 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
         gen = step_generator(tc.seed, r.rank, step)
         i = scale_index(step, schedule.steps, tc.scale_order, gen)
         record = {"step": step + 1, "scale": schedule.scales[i][0]}
+        r.generator.set_lr_for(step)
+        r.fake.set_lr_for(step)
 
         # Fake-score (and discriminator) updates on the generator's current samples.
         fake_logs = {}
@@ -558,7 +572,7 @@ def train_distill(cfg: DistillConfig, resume: bool = False, data=None, teacher: 
         step += 1
         report.pbar.update(1)
         record.update({k: v.item() for k, v in terms.items()}, grad_norm=float(grad_norm),
-                      minutes=report.training_minutes())
+                      lr=r.generator.optimizer.param_groups[0]["lr"], minutes=report.training_minutes())
 
         # Log, sample, evaluate, checkpoint; stop early when out of time.
         out_of_time = tc.max_minutes > 0 and report.training_minutes() >= tc.max_minutes
@@ -596,6 +610,10 @@ def prepare_run(cfg: DistillConfig, resume: bool, data, teacher, vae, real_score
     main = accelerator.is_main_process
     if not resume and latest_checkpoint(ckpt_dir) is not None:
         raise SwdError(f"run_dir: {run} already has checkpoints; pass --resume or choose another run_dir")
+    for name, mc in (("generator", cfg.generator), ("fake", cfg.fake)):
+        if mc.decay_start < 0 or mc.decay_steps < 0:
+            raise SwdError(f"{name}.decay_start and {name}.decay_steps must be >= 0, got {mc.decay_start}, "
+                           f"{mc.decay_steps}")
     # bf16 on a GPU: frozen weights (teacher, LoRA bases, VAE) are stored in bf16, trainable ones in fp32.
     frozen_dtype = torch.bfloat16 if device.type == "cuda" and tc.precision == "bf16" else None
     all_lora = cfg.generator.lora_rank > 0 and cfg.fake.lora_rank > 0
@@ -648,8 +666,9 @@ def prepare_run(cfg: DistillConfig, resume: bool, data, teacher, vae, real_score
     gen_names = [n for n, p in generator_model.named_parameters() if p.requires_grad]
     gen_params = trainable(generator_model)
     fake_params = trainable(fake) if fake is not None else []
-    generator = Trainee(gen_params, adamw(gen_params, cfg.generator), tc.grad_clip, world)
-    fake_trainee = Trainee(fake_params, adamw(fake_params, cfg.fake) if fake is not None else None, tc.grad_clip, world)
+    generator = Trainee(gen_params, adamw(gen_params, cfg.generator), tc.grad_clip, world, cfg.generator)
+    fake_trainee = Trainee(fake_params, adamw(fake_params, cfg.fake) if fake is not None else None, tc.grad_clip,
+                           world, cfg.fake)
     # LoRA models are checkpointed without their (shared, frozen) base weights.
     modules = {"generator": checkpoint_view(generator_model, gen_lora),
                **({"fake": checkpoint_view(fake, fake_lora)} if fake is not None else {}),

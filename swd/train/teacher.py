@@ -32,6 +32,7 @@ from swd.train.checkpoint import fit_error, latest_checkpoint, load_checkpoint, 
 from swd.train.common import (
     CaptionedData,
     autocast_context,
+    cooldown_factor,
     ema_update,
     load_testbed_data,
     pick_device,
@@ -49,8 +50,7 @@ class TeacherTrainConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
     warmup_steps: int = 200
-    # Optional cool-down: from step decay_start the lr falls linearly to zero over decay_steps
-    # (a function of the step alone, so --resume needs no scheduler state).
+    # Optional cool-down: from step decay_start the lr falls linearly to zero over decay_steps.
     decay_start: int = 0
     decay_steps: int = 0
     ema_decay: float = 0.999
@@ -109,10 +109,8 @@ def sample_logit_normal(batch: int, mean: float, std: float, device) -> torch.Te
 
 def lr_at(step: int, cfg: TeacherTrainConfig) -> float:
     """Linear warm-up, constant, then an optional linear cool-down to zero."""
-    lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-    if cfg.decay_steps > 0 and step >= cfg.decay_start:
-        lr *= max(0.0, 1.0 - (step - cfg.decay_start) / cfg.decay_steps)
-    return lr
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    return cfg.lr * warm * cooldown_factor(step, cfg.decay_start, cfg.decay_steps)
 
 
 def teacher_samples(adapter, data: CaptionedData, cfg: TeacherConfig, device, seed: int = 0) -> torch.Tensor:

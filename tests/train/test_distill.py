@@ -237,3 +237,30 @@ def test_fake_score_can_start_from_a_wider_network(tmp_path):
     lora.fake.lora_rank = 4
     with pytest.raises(SwdError, match="fake.lora_rank"):
         train_distill(lora, data=synthetic_data(), teacher=tiny_teacher(), fake_init=wide)
+
+
+def test_lr_cool_down_is_logged_and_resumes_bit_for_bit(tmp_path):
+    data = synthetic_data()
+
+    def cooled(run, steps):
+        cfg = config(tmp_path, run, "dmd-only", steps=steps)
+        cfg.generator.decay_start, cfg.generator.decay_steps = 1, 2
+        cfg.fake.decay_start, cfg.fake.decay_steps = 1, 2
+        return cfg
+
+    a = train_distill(cooled("a", 4), data=data, teacher=tiny_teacher()).export_dir
+    logged = [json.loads(line)["lr"] for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert logged == pytest.approx([1e-3, 1e-3, 5e-4, 0.0])  # by hand: 1e-3 * (1 - (step - 1) / 2)
+    train_distill(cooled("b", 2), data=data, teacher=tiny_teacher())
+    b = train_distill(cooled("b", 4), resume=True, data=data, teacher=tiny_teacher()).export_dir
+    sa = load_file(str(a / "diffusion_pytorch_model.safetensors"))
+    sb = load_file(str(b / "diffusion_pytorch_model.safetensors"))
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0)
+
+
+def test_negative_cool_down_is_rejected(tmp_path):
+    cfg = config(tmp_path, "n")
+    cfg.fake.decay_steps = -3
+    with pytest.raises(SwdError, match="fake.decay_start and fake.decay_steps"):
+        train_distill(cfg, data=synthetic_data(), teacher=tiny_teacher())
