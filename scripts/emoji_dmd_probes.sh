@@ -9,6 +9,8 @@ for name in "$@"; do
   case $name in
     gen-lr-1e-5) extra=(--set generator.lr=1.0e-5) ;;
     antithetic) extra=(--set losses.dmd_antithetic=true) ;;
+    no-gan) extra=(--set losses.gan_weight=0 --set losses.disc_weight=0) ;;
+    gen-lr-1e-5-cool) extra=(--set generator.lr=1.0e-5 --set generator.decay_steps=${STEPS:-52}) ;;
     *) echo "unknown probe $name" >&2; exit 2 ;;
   esac
   OMP_NUM_THREADS=1 $PY -m swd.cli distill "${base[@]}" --set train.steps=${STEPS:-52} \
