@@ -44,12 +44,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=120)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--teacher", default=TEACHER, help="teacher folder (default: the shipped one)")
     args = parser.parse_args()
 
     prompts = load_prompts("shapes", args.n)
     heldin_captions, heldin_samples = held_in(args.n)
     evaluator = evaluator_for(prompts)
-    teacher, _ = load_model_folder(TEACHER, "--teacher")
+    teacher, _ = load_model_folder(args.teacher, "--teacher")
     runs = {"teacher-28-cfg": (teacher, None), "undistilled-full-4": (teacher, ScaleSchedule.load(FULL4)),
             "undistilled-swd-4": (teacher, ScaleSchedule.load(SW4))}
     for item in args.students:
@@ -92,7 +93,7 @@ def main() -> None:
         row["minutes"] = round((time.perf_counter() - began) / 60, 2)
         results[label] = row
         print(label, json.dumps(row), flush=True)
-    payload = {"n": args.n, "seed": args.seed, "teacher": TEACHER, "runs": results,
+    payload = {"n": args.n, "seed": args.seed, "teacher": args.teacher, "runs": results,
                "command": "scripts/shapes_unet_fidelity.py " + " ".join(args.students)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2))

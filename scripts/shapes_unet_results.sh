@@ -36,3 +36,20 @@ swd report --evals $D --out docs/RESULTS.md --name shapes-unet --plots $D \
   --logs swd=runs/swd-shapes-unet-cpu/log.jsonl mmd-only=runs/mmd-shapes-unet-cpu/log.jsonl \
   dmd-only=runs/dmd-shapes-unet-cpu/log.jsonl dmd2-full=runs/dmd2full-shapes-unet-cpu/log.jsonl
 swd demo --out $D/demo.png
+
+# 4. Fourth session (2026-12-02): the continued teacher (init from the shipped one, see
+# docs/TEACHER_RECIPES.md; lr cooled linearly from step 4200) and its SwD student with the
+# generator's lr cooled to zero over the 104 steps. Rows of RESULTS "Shapes UNet, continued teacher".
+T2=runs/teacher-shapes-unet-cont/export
+D2=docs/results/shapes-unet-v2
+swd train-teacher --config configs/testbed/teacher-shapes-unet-cpu.yaml --set init=swd/weights/shapes-unet-teacher \
+  --set run_dir=runs/teacher-shapes-unet-cont --set train.max_minutes=110 --set train.checkpoint_every=300 \
+  --set train.sample_every=1200 --set train.decay_start=4200 --set train.decay_steps=4200 --resume
+swd export --checkpoint "$(ls -d runs/teacher-shapes-unet-cont/checkpoints/step_* | tail -1)" --weights ema --out $T2
+swd distill --config $C --set teacher=$T2 --set generator.decay_steps=104 --set run_dir=runs/swd-shapes-unet-v2
+$E --model $T2 --schedule teacher --out $D2/1-teacher-28-cfg
+$E --model $T2 --schedule configs/schedules/testbed32-full-4.yaml --out $D2/2-undistilled-full-4
+$E --model $T2 --schedule configs/schedules/testbed32-4.yaml --out $D2/3-undistilled-swd-4
+$E --model runs/swd-shapes-unet-v2/student --out $D2/5-swd-4
+swd report --evals $D2 --out docs/RESULTS.md --name shapes-unet-v2 --plots $D2 \
+  --logs swd=runs/swd-shapes-unet-v2/log.jsonl
