@@ -53,3 +53,7 @@ $E --model $T2 --schedule configs/schedules/testbed32-4.yaml --out $D2/3-undisti
 $E --model runs/swd-shapes-unet-v2/student --out $D2/5-swd-4
 swd report --evals $D2 --out docs/RESULTS.md --name shapes-unet-v2 --plots $D2 \
   --logs swd=runs/swd-shapes-unet-v2/log.jsonl
+swd distill --config $C --set teacher=$T2 --set objective=mmd-only --set generator.decay_steps=104 --set run_dir=runs/mmd-shapes-unet-v2
+swd distill --config $C --set teacher=$T2 --set objective=dmd-only --set generator.decay_steps=104 --set run_dir=runs/dmd-shapes-unet-v2
+$E --model runs/mmd-shapes-unet-v2/student --out $D2/6-mmd-only-4
+$E --model runs/dmd-shapes-unet-v2/student --out $D2/7-dmd-only-4
