@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 
 from swd.config import load_config
-from swd.sampling import guided
 from swd.train.distill import DistillConfig, prepare_run
 
 RUN_DIR = "runs/dmd-direction"
@@ -32,16 +31,10 @@ RUN_DIR = "runs/dmd-direction"
 
 def direction_stats(r, i: int, gen: torch.Generator, cfg_scale: float, batches: int) -> dict:
     """Mean colour and colour-shift share of x0_real - x0_fake on `batches` fresh batches at scale i."""
-    objective, lc = r.objective, r.objective.lc
     means, shares, rms = [], [], []
     for _ in range(batches):
         batch = r.draw(i, gen)
-        x0_hat = r.student_x0(batch)
-        sigma = objective.noise_level(lc.dmd_sigma_idx, x0_hat, gen)
-        x = objective.process.add_noise(x0_hat, sigma, objective.noise(x0_hat, gen))
-        v_real = guided(objective.critics.real, batch.cond, objective.critics.uncond, cfg_scale)(x, sigma)
-        x0_real = objective.process.x0(x, sigma, v_real.float())
-        x0_fake = objective.process.x0(x, sigma, objective.critics.fake.adapter(x, sigma, batch.cond).float())
+        x0_real, x0_fake = r.objective.dmd_estimates(r.student_x0(batch), batch.cond, gen, guidance=cfg_scale)
         d = x0_real - x0_fake  # DMD moves x0_hat along this
         colour = d.mean(dim=(2, 3))  # (B, C)
         means.append(colour.mean(0))

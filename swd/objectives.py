@@ -181,8 +181,12 @@ class Objective:
         total = sum(self.weights[k] * v for k, v in terms.items())
         return total, terms
 
-    def dmd_term(self, x0_hat: torch.Tensor, cond: TextCondition, gen: torch.Generator) -> torch.Tensor:
-        """DMD2: both scores read the detached sample re-noised to a level from the lower grid."""
+    def dmd_estimates(self, x0_hat: torch.Tensor, cond: TextCondition, gen: torch.Generator,
+                      guidance: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0_real, x0_fake): both scores' clean estimates of the detached sample re-noised to a
+        level from DMD's grid (averaged over eps and -eps when antithetic). DMD moves x0_hat along
+        x0_real - x0_fake. `guidance` overrides the real score's CFG (default: losses.teacher_cfg)."""
+        guidance = self.lc.teacher_cfg if guidance is None else guidance
         sigma = self.noise_level(self.lc.dmd_sigma_idx, x0_hat, gen)
         eps = self.noise(x0_hat, gen)
         signs = (1.0, -1.0) if self.lc.dmd_antithetic else (1.0,)
@@ -190,10 +194,14 @@ class Objective:
         with torch.no_grad():
             for sign in signs:
                 x = self.process.add_noise(x0_hat.detach(), sigma, sign * eps)
-                v_real = guided(self.critics.real, cond, self.critics.uncond, self.lc.teacher_cfg)(x, sigma)
+                v_real = guided(self.critics.real, cond, self.critics.uncond, guidance)(x, sigma)
                 x0_real = x0_real + self.process.x0(x, sigma, v_real.float()) / len(signs)
                 x0_fake = x0_fake + self.process.x0(x, sigma, self.critics.fake.adapter(x, sigma, cond).float()) / len(signs)
-        return dmd_loss(x0_hat, x0_real, x0_fake)
+        return x0_real, x0_fake
+
+    def dmd_term(self, x0_hat: torch.Tensor, cond: TextCondition, gen: torch.Generator) -> torch.Tensor:
+        """DMD2: both scores read the detached sample re-noised to a level from the lower grid."""
+        return dmd_loss(x0_hat, *self.dmd_estimates(x0_hat, cond, gen))
 
 
 class SwD(Objective):

@@ -441,11 +441,11 @@ class Trainee:
     optimizer: Optional[torch.optim.Optimizer]
     grad_clip: float
     world: int  # processes whose gradients are averaged
-    settings: Optional[ModelTrainConfig] = None  # lr and its cool-down
+    settings: ModelTrainConfig  # lr and its cool-down
 
     def set_lr_for(self, step: int) -> None:
         """The learning rate of generator step `step` (0-based)."""
-        if self.optimizer is None or self.settings is None:
+        if self.optimizer is None:
             return
         s = self.settings
         for group in self.optimizer.param_groups:
