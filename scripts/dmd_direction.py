@@ -50,10 +50,12 @@ def main() -> None:
     ap.add_argument("--config", default="configs/testbed/swd-emoji-cpu.yaml")
     ap.add_argument("--batches", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, as for swd distill (e.g. fake.lora_rank=16)")
     args = ap.parse_args()
 
     shutil.rmtree(RUN_DIR, ignore_errors=True)
-    cfg = load_config(DistillConfig, args.config, ["objective=dmd-only", f"run_dir={RUN_DIR}", "train.eval_every=0"])
+    cfg = load_config(DistillConfig, args.config, ["objective=dmd-only", f"run_dir={RUN_DIR}", "train.eval_every=0", *args.overrides])
     r = prepare_run(cfg, False, None, None, None, None, None)
     gen = torch.Generator().manual_seed(0)
     rows, done = [], 0
@@ -79,7 +81,7 @@ def main() -> None:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"config": args.config, "batch": cfg.train.batch_size, "rows": rows}, indent=1))
+    args.out.write_text(json.dumps({"config": args.config, "overrides": args.overrides, "batch": cfg.train.batch_size, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

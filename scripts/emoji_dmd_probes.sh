@@ -11,6 +11,12 @@ for name in "$@"; do
     antithetic) extra=(--set losses.dmd_antithetic=true) ;;
     no-gan) extra=(--set losses.gan_weight=0 --set losses.disc_weight=0) ;;
     gen-lr-1e-5-cool) extra=(--set generator.lr=1.0e-5 --set generator.decay_steps=${STEPS:-52}) ;;
+    fake-lora16) extra=(--set fake.lora_rank=16) ;;
+    fake-lora16-lr2e-3) extra=(--set fake.lora_rank=16 --set fake.lr=2.0e-3) ;;
+    gen-lora16) extra=(--set generator.lora_rank=16 --set generator.lr=2.0e-4) ;;
+    gen-lora16-lr5e-5) extra=(--set generator.lora_rank=16) ;;
+    gen-no-ff) extra=(--set "generator.frozen=['\.ff\.', '\.ff_context\.']") ;;
+    gen-no-ff-lr-1e-5) extra=(--set "generator.frozen=['\.ff\.', '\.ff_context\.']" --set generator.lr=1.0e-5) ;;
     *) echo "unknown probe $name" >&2; exit 2 ;;
   esac
   OMP_NUM_THREADS=1 $PY -m swd.cli distill "${base[@]}" --set train.steps=${STEPS:-52} \

@@ -11,6 +11,7 @@ Training data, for the distillation trainer, is any object with
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -127,3 +128,14 @@ def load_testbed_data(name: str, path: str | None = None, text_tokens: int = 16)
         heldout_images=held_images,
         train_captions=train_caps,
     )
+
+
+def check_patterns(patterns, where: str) -> None:
+    """A list of regular expressions (parameter-name patterns), each one compiling."""
+    if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) and p for p in patterns):
+        raise SwdError(f"{where}: expected a list of regular expressions, got {patterns!r}")
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise SwdError(f"{where}: {pattern!r} is not a regular expression ({e})") from None

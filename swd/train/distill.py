@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,7 @@ from swd.processes import FLOW
 from swd.sampling import make_generator, sample, upsample, upsample_video
 from swd.schedules import ScaleSchedule, resolve_schedule
 from swd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trim_log
-from swd.train.common import cooldown_factor, load_training_data
+from swd.train.common import check_patterns, cooldown_factor, load_training_data
 from swd.train.latents import PixelSpace, VaeSpace, VideoVaeSpace, load_vae, pretrained_folder
 
 ARCH_NAMES = ("testbed", *ARCHS)  # testbed = the pixel-space MMDiT of swd.models.testbed
@@ -74,6 +75,9 @@ class ModelTrainConfig:
     # Optional linear cool-down: from generator step decay_start the lr falls to zero over decay_steps.
     decay_start: int = 0
     decay_steps: int = 0
+    # Full fine-tune only: parameters whose names match one of these regular expressions keep the
+    # teacher's values; in YAML, single-quoted: frozen: ['\.ff\.', '\.ff_context\.'] (no feed-forwards).
+    frozen: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -234,7 +238,8 @@ def hidden_width(transformer, block: Optional[int] = None) -> int:
 
 
 def add_lora(transformer, mc: ModelTrainConfig, name: str, family: str = "sd3"):
-    """Freeze the model and attach a trainable LoRA (rank > 0), or train every weight (rank 0).
+    """Freeze the model and attach a trainable LoRA (rank > 0), or train every weight (rank 0) but
+    those `mc.frozen` matches.
 
     LoRA targets: `swd.lora.lora_config(family)` (attention q/k/v/out of both streams and both
     feed-forward linears; FLUX also its single blocks' proj_mlp / proj_out, not the final layer).
@@ -242,6 +247,7 @@ def add_lora(transformer, mc: ModelTrainConfig, name: str, family: str = "sd3"):
     """
     if mc.lora_rank <= 0:
         transformer.requires_grad_(True)
+        freeze_matching(transformer, mc.frozen, f"{'generator' if name == 'student' else name}.frozen")
         return transformer
     transformer.requires_grad_(False)
     transformer.add_adapter(lora_config(family, mc.lora_rank, mc.lora_alpha or None), adapter_name=name)
@@ -249,6 +255,21 @@ def add_lora(transformer, mc: ModelTrainConfig, name: str, family: str = "sd3"):
         if p.requires_grad:
             p.data = p.data.float()
     return transformer
+
+
+def freeze_matching(module: torch.nn.Module, patterns: list[str], where: str) -> None:
+    """Freeze the parameters whose names match any pattern (`re.search`); each must match one."""
+    check_patterns(patterns, where)
+    names = [n for n, _ in module.named_parameters()]
+    for pattern in patterns:
+        if not any(re.search(pattern, n) for n in names):
+            raise SwdError(f"{where}: {pattern!r} matches no parameter of the {type(module).__name__} "
+                           f"(names look like {names[len(names) // 2]!r})")
+    for n, p in module.named_parameters():
+        if any(re.search(pattern, n) for pattern in patterns):
+            p.requires_grad_(False)
+    if patterns and not any(p.requires_grad for p in module.parameters()):
+        raise SwdError(f"{where}: the patterns freeze every parameter; nothing would train")
 
 
 def shared_copy(module: torch.nn.Module) -> torch.nn.Module:

@@ -358,7 +358,7 @@ def check_teacher_config(cfg, resume: bool | None = None) -> None:
 def check_distill_config(cfg, resume: bool | None = None) -> None:
     """Every field of a DistillConfig in range, the schedule resolvable, the run folder usable."""
     from swd.losses import FAKE_WEIGHTINGS
-    from swd.train.common import TRAINING_SETS
+    from swd.train.common import TRAINING_SETS, check_patterns
     from swd.objectives import OBJECTIVES
     from swd.train.distill import ARCH_NAMES, training_schedule
 
@@ -380,6 +380,10 @@ def check_distill_config(cfg, resume: bool | None = None) -> None:
         check_betas(mc.betas, f"{part}.betas")
         check_int(mc.lora_rank, f"{part}.lora_rank", 0)
         check_int(mc.lora_alpha, f"{part}.lora_alpha", 0)
+        check_patterns(mc.frozen, f"{part}.frozen")
+        if mc.frozen and mc.lora_rank > 0:
+            raise SwdError(f"{part}.frozen: applies to a full fine-tune (lora_rank 0); a LoRA already keeps "
+                           f"the base weights frozen")
     for name in ("dmd_weight", "mmd_weight", "gan_weight", "disc_weight"):
         check_float(getattr(lc, name), f"losses.{name}", 0.0)
     if lc.teacher_cfg is not None:

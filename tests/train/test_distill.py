@@ -264,3 +264,33 @@ def test_negative_cool_down_is_rejected(tmp_path):
     cfg.fake.decay_steps = -3
     with pytest.raises(SwdError, match="fake.decay_start and fake.decay_steps"):
         train_distill(cfg, data=synthetic_data(), teacher=tiny_teacher())
+
+
+def test_frozen_patterns_keep_those_weights_and_train_the_rest(tmp_path):
+    cfg = config(tmp_path, "f", "dmd-only", steps=2)
+    cfg.generator.frozen = [r"\.ff\.", r"\.ff_context\."]
+    teacher = tiny_teacher()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    out = train_distill(cfg, data=synthetic_data(), teacher=teacher).export_dir
+    student = load_file(str(out / "diffusion_pytorch_model.safetensors"))
+    ff = [k for k in student if ".ff." in k or ".ff_context." in k]
+    assert ff and all(torch.equal(student[k], before[k]) for k in ff)
+    assert any(not torch.equal(student[k], before[k]) for k in student if k not in ff)
+
+
+def test_frozen_with_a_lora_is_rejected_by_validation(tmp_path):
+    from swd.train.validation import check_distill_config
+
+    cfg = config(tmp_path, "lora-frozen", "mmd-only")
+    cfg.generator.lora_rank, cfg.generator.frozen = 4, [r"\.ff\."]
+    with pytest.raises(SwdError, match="generator.frozen: applies to a full fine-tune"):
+        check_distill_config(cfg)
+
+
+@pytest.mark.parametrize("frozen, match", [([r"no_such_layer"], "matches no parameter"), ([r"."], "freeze every"),
+                                           ([r"("], "not a regular expression"), ("ff", "expected a list")])
+def test_bad_frozen_patterns_are_one_line_errors(tmp_path, frozen, match):
+    cfg = config(tmp_path, "bad", "mmd-only", steps=1)
+    cfg.generator.frozen = frozen
+    with pytest.raises(SwdError, match=f"generator.frozen: .*{match}"):
+        train_distill(cfg, data=synthetic_data(), teacher=tiny_teacher())
