@@ -3,8 +3,10 @@
 # held-out FD (128 prompts) every 13 steps, one thread each. Usage: bash scripts/emoji_dmd_probes.sh NAME...
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
+# The probes start from the preset's generator as it was when they ran (all weights, lr 5e-5); the
+# preset has trained only the embedders at 1e-5 since 2026-12-03 (the embedders-only probes below).
 base=(--config configs/testbed/swd-emoji-cpu.yaml --set objective=dmd-only --set train.max_minutes=0
-      --set train.eval_every=13 --set train.eval_n=128)
+      --set train.eval_every=13 --set train.eval_n=128 --set generator.lr=5.0e-5 --set "generator.frozen=[]")
 for name in "$@"; do
   case $name in
     gen-lr-1e-5) extra=(--set generator.lr=1.0e-5) ;;
@@ -17,6 +19,11 @@ for name in "$@"; do
     gen-lora16-lr5e-5) extra=(--set generator.lora_rank=16) ;;
     gen-no-ff) extra=(--set "generator.frozen=['\.ff\.', '\.ff_context\.']") ;;
     gen-no-ff-lr-1e-5) extra=(--set "generator.frozen=['\.ff\.', '\.ff_context\.']" --set generator.lr=1.0e-5) ;;
+    gen-embedders-only) extra=(--set "generator.frozen=['^(?!time_text_embed|context_embedder)']" --set generator.lr=1.0e-5) ;;
+    dmd2-full-embedders-only) extra=(--set objective=dmd2-full --set schedule=testbed-full-4
+      --set "generator.frozen=['^(?!time_text_embed|context_embedder)']" --set generator.lr=1.0e-5) ;;
+    swd-embedders-only) extra=(--set objective=swd
+      --set "generator.frozen=['^(?!time_text_embed|context_embedder)']" --set generator.lr=1.0e-5) ;;
     *) echo "unknown probe $name" >&2; exit 2 ;;
   esac
   OMP_NUM_THREADS=1 $PY -m swd.cli distill "${base[@]}" --set train.steps=${STEPS:-52} \

@@ -9,6 +9,7 @@ Held-in (`--heldin N`, issue 11's emoji-teacher target): N training captions, on
 (distinct captions, a fixed shuffle); each sampler draws one image per caption and the evaluator
 retrieves its caption among the N (image -> text, top-1 and top-5). The real training images of
 the same captions give the ceiling; a teacher a person can name should reach a good part of it.
+Real images are brought to the teacher's sample size first (32 px for the UNet), as in `swd eval`.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/emoji_fidelity.py --out docs/results/emoji-fidelity.json \
         swd-4=swd/weights/emoji-student dmd-only-cool=runs/emoji-dmd-probe/gen-lr-1e-5-cool/student
@@ -78,7 +79,8 @@ def main() -> None:
         label, folder = item.split("=", 1)
         runs[label] = (load_model_folder(folder, "--model")[0], ScaleSchedule.load(Path(folder) / "schedule.yaml"))
 
-    real = extract(evaluator, prompts.real_images)
+    # A 32 px teacher is scored against real images carrying the same loss of detail (at_sample_size).
+    real = extract(evaluator, at_sample_size(prompts.real_images, teacher_size, size))
     if args.heldin:
         heldin_captions, heldin_real = held_in(args.heldin)
         pooled = encode_pooled_rows(heldin_captions, evaluator.cfg.text_max_length)
@@ -88,7 +90,7 @@ def main() -> None:
             emb = extract(evaluator, at_sample_size(images, images.shape[-1], size), what="embed")
             return {k: round(v, 4) for k, v in retrieval(emb, text, heldin_captions).items() if k.startswith("i2t")}
 
-        ceiling = retrieve(heldin_real)
+        ceiling = retrieve(torch.nn.functional.interpolate(heldin_real, size=(teacher_size, teacher_size), mode="area"))
         print("real held-in images", json.dumps(ceiling), flush=True)
     results, reference = {}, None
     for label, (model, schedule) in runs.items():

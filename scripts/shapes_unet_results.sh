@@ -57,3 +57,11 @@ swd distill --config $C --set teacher=$T2 --set objective=mmd-only --set generat
 swd distill --config $C --set teacher=$T2 --set objective=dmd-only --set generator.decay_steps=104 --set run_dir=runs/dmd-shapes-unet-v2
 $E --model runs/mmd-shapes-unet-v2/student --out $D2/6-mmd-only-4
 $E --model runs/dmd-shapes-unet-v2/student --out $D2/7-dmd-only-4
+
+# 5. Fifth session (2026-12-02): the full-resolution DMD2 baseline from the shipped (continued) teacher.
+swd distill --config $C --set objective=dmd2-full --set schedule=configs/schedules/testbed32-full-4.yaml \
+  --set generator.decay_steps=104 --set run_dir=runs/dmd2full-shapes-unet-v2
+$E --model runs/dmd2full-shapes-unet-v2/student --out $D2/4-dmd2-full-4
+swd report --evals $D2 --out docs/RESULTS.md --name shapes-unet-v2 --plots $D2 \
+  --logs swd=docs/results/logs/shapes-unet-v2-swd.jsonl mmd-only=docs/results/logs/shapes-unet-v2-mmd-only.jsonl \
+  dmd-only=docs/results/logs/shapes-unet-v2-dmd-only.jsonl dmd2-full=docs/results/logs/shapes-unet-v2-dmd2-full.jsonl

@@ -2,6 +2,10 @@
 # The CPU testbed results of docs/RESULTS.md, as they were produced on the 2-core dev machine
 # (2026-11-25). Each training step is bounded by train.max_minutes, so step counts depend on the
 # machine's speed; the logs in runs/ record them. Run from the repo root with the venv active.
+# The preset swd-emoji-cpu.yaml has changed since (fake score 2026-12-02, generator 2026-12-03, and
+# 104 steps instead of 20 minutes): to repeat these rows add --set train.steps=100000
+# --set train.max_minutes=20 --set train.fake_updates=2 --set fake.lr=5e-5 --set generator.lr=5.0e-5
+# --set "generator.frozen=[]" to each distill line.
 set -euo pipefail
 export OMP_NUM_THREADS=1   # two jobs at a time, one core each
 

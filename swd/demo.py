@@ -15,9 +15,12 @@ from swd.errors import SwdError
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 # The shapes UNet pair: the CPU-trained testbed whose teacher draws recognisable shapes
-# (docs/RESULTS.md, "Shapes UNet"); the emoji pair is swd/weights/emoji-{teacher,student}.
+# (docs/RESULTS.md, "Shapes UNet"); the emoji UNet pair beside it (`swd demo` draws both). The older
+# emoji MMDiT pair is swd/weights/emoji-{teacher,student}.
 DEFAULT_TEACHER = WEIGHTS / "shapes-unet-teacher"
 DEFAULT_STUDENT = WEIGHTS / "shapes-unet-student"
+EMOJI_TEACHER = WEIGHTS / "emoji-unet-teacher"
+EMOJI_STUDENT = WEIGHTS / "emoji-unet-student"
 
 # Held-out shapes captions (swd.eval.evaluate.load_prompts("shapes"): categories in turn).
 DEMO_PROMPTS = [
@@ -30,6 +33,22 @@ DEMO_PROMPTS = [
     "a green cross and an orange triangle",
     "a cross below a triangle",
 ]
+# Held-in emoji captions (training prompts): a 4.6M-parameter teacher draws the emoji it was taught, and
+# unseen names say little about distillation (issue 11). Picked from scripts/emoji_fidelity.py's
+# held-in set, one or two per style.
+EMOJI_DEMO_PROMPTS = [
+    "fluent style: person: dark skin tone",
+    "noto style: one o\u2019clock",
+    "noto style: flushed face",
+    "twitter style: foot: medium-dark skin tone",
+    "fluent style: woman judge: medium-light skin tone",
+    "noto style: woman superhero: light skin tone",
+    "fluent style: guard: light skin tone",
+    "noto style: flag: El Salvador",
+]
+# `swd demo`'s default pairs: name -> (teacher, student, prompts).
+DEMO_PAIRS = {"shapes": (DEFAULT_TEACHER, DEFAULT_STUDENT, DEMO_PROMPTS),
+              "emoji": (EMOJI_TEACHER, EMOJI_STUDENT, EMOJI_DEMO_PROMPTS)}
 
 
 def load_with_schedule(path: str | Path, where: str = "--model"):

@@ -305,6 +305,9 @@ CASES = [
     ("demo-teacher-bin-only", ["demo", "--teacher", "{binonly}", "--student", "{model}", "--out", "{tmp}/d.png"],
      "--teacher"),
     ("demo-n-0", ["demo", "--teacher", "{model}", "--student", "{model}", "--n", "0"], "--n"),
+    ("demo-pair-with-teacher", ["demo", "--pair", "emoji", "--teacher", "{model}", "--student", "{model}"], "--pair"),
+    ("demo-teacher-only", ["demo", "--teacher", "{model}", "--out", "{tmp}/d.png"], "give both"),
+    ("demo-pair-n-9", ["demo", "--pair", "emoji", "--n", "9", "--out", "{tmp}/d.png"], "--n"),
     # eval
     ("eval-n-0", ["eval", "run", "--model", "{model}", "--n", "0"], "--n"),
     ("eval-n-huge", ["eval", "run", "--model", "{model}", "--n", "100000000000"], "--n"),

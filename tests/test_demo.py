@@ -1,5 +1,7 @@
 """`swd sample` and `swd demo` end to end on tiny random testbed models (MiniLM text, offline)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -31,6 +33,24 @@ def test_demo_writes_grid_and_times(tiny_models, tmp_path, capsys):
     assert "speed-up" in printed and printed.count("GFLOPs/image") == 3 and "teacher undistilled in the student's 3 steps" in printed
     image = Image.open(out)
     assert image.width > 2 * 32 and image.height > 3 * 32  # three rows of two 16 px images, upscaled
+
+
+def test_demo_default_draws_each_shipped_pair_to_its_own_file():
+    """No --teacher/--student: one grid per shipped pair, the first at --out, the others named after it."""
+    import argparse
+
+    from swd.commands.sample import _demo_jobs
+    from swd.demo import DEMO_PAIRS, EMOJI_DEMO_PROMPTS
+
+    args = argparse.Namespace(teacher=None, student=None, pair=None, prompt=None, out="grids/demo.png")
+    jobs = _demo_jobs(args)
+    assert [j[0] for j in jobs] == ["shapes", "emoji"]
+    assert [j[4] for j in jobs] == ["grids/demo.png", "grids/demo-emoji.png"]
+    assert jobs[1][3] == EMOJI_DEMO_PROMPTS and jobs[1][1] == str(DEMO_PAIRS["emoji"][0])
+    for _, teacher, student, _, _ in jobs:  # the shipped folders exist (weights are checked elsewhere)
+        assert (Path(teacher) / "config.json").is_file() and (Path(student) / "schedule.yaml").is_file()
+    args.pair = "emoji"
+    assert [(j[0], j[4]) for j in _demo_jobs(args)] == [("", "grids/demo.png")]
 
 
 def test_sample_is_reproducible(tiny_models, tmp_path):

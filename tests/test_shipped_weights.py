@@ -10,7 +10,8 @@ from swd.sampling import conditioned, guided, make_generator, sample_scalewise, 
 from swd.schedules import ScaleSchedule
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "swd" / "weights"
-MODELS = ["emoji-teacher", "shapes-teacher", "emoji-student", "shapes-unet-teacher", "shapes-unet-student"]
+MODELS = ["emoji-teacher", "shapes-teacher", "emoji-student", "shapes-unet-teacher", "shapes-unet-student",
+          "emoji-unet-teacher", "emoji-unet-student"]
 
 
 @pytest.mark.parametrize("name", MODELS)

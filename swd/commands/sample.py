@@ -10,8 +10,7 @@ import time
 
 import torch
 
-from swd.demo import (DEFAULT_STUDENT, DEFAULT_TEACHER, DEMO_PROMPTS, encode_prompts, generate,
-                      load_with_schedule)
+from swd.demo import DEMO_PAIRS, DEMO_PROMPTS, encode_prompts, generate, load_with_schedule
 from swd.errors import SwdError
 from swd.train.validation import check_fits_memory, check_float, check_int, check_output_file, check_seed
 
@@ -38,12 +37,16 @@ def register(subparsers) -> None:
                    help=f"torch threads (default: {SMALL_BATCH_THREADS} for up to {SMALL_BATCH} images, else torch's)")
     p.set_defaults(func=_cmd_sample)
 
-    d = subparsers.add_parser("demo", help="teacher (28 steps + CFG) beside the SwD student on held-out prompts")
-    d.add_argument("--teacher", default=str(DEFAULT_TEACHER))
-    d.add_argument("--student", default=str(DEFAULT_STUDENT))
+    d = subparsers.add_parser("demo", help="teacher (28 steps + CFG), the teacher undistilled and the SwD student, "
+                                           "on the same prompts and seeds")
+    d.add_argument("--pair", choices=[*DEMO_PAIRS, "all"], default=None,
+                   help="shipped pair(s) to draw (default: all, one grid each: shapes to --out, emoji to "
+                        "--out with -emoji before the suffix); not with --teacher/--student")
+    d.add_argument("--teacher", default=None, help="a teacher folder of your own (with --student)")
+    d.add_argument("--student", default=None, help="a distilled student folder (with schedule.yaml)")
     d.add_argument("--prompt", action="append", default=None,
-                   help="prompt (repeatable); default: 8 held-out shapes captions. For the emoji pair "
-                        "(swd/weights/emoji-*) give emoji prompts, e.g. 'noto style: banana'")
+                   help="prompt (repeatable); default: the pair's own (8 held-out shapes captions, 8 held-in "
+                        "emoji captions)")
     d.add_argument("--n", type=int, default=8, help="prompts to use (at most the number given)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--guidance", type=float, default=4.5)
@@ -96,19 +99,48 @@ def set_threads(threads: int | None, batch: int) -> None:
 
 
 def _cmd_demo(args) -> int:
-    from swd.images import save_grid
-
     check_seed(args.seed, "--seed")
     check_float(args.guidance, "--guidance", 0.0)
-    pool = args.prompt or DEMO_PROMPTS
-    if not 1 <= args.n <= len(pool):
-        raise SwdError(f"--n: must be between 1 and {len(pool)} (the prompts given), got {args.n}")
     check_output_file(args.out, "--out")
-    teacher, _ = load_with_schedule(args.teacher, "--teacher")
-    student, schedule = load_with_schedule(args.student, "--student")
+    jobs = _demo_jobs(args)
+    for *_, pool, _out in jobs:  # every grid's input is checked before the first is drawn
+        if not 1 <= args.n <= len(pool):
+            raise SwdError(f"--n: must be between 1 and {len(pool)} (the prompts given), got {args.n}")
+    for name, teacher, student, pool, out in jobs:
+        if name:
+            print(f"[{name}]")
+        _demo_pair(teacher, student, list(pool[: args.n]), out, args)
+    return 0
+
+
+def _demo_jobs(args) -> list[tuple[str, str, str, list[str], str]]:
+    """(name, teacher, student, prompts, out) per grid: a pair of the user's, or the shipped pair(s)."""
+    from pathlib import Path
+
+    if args.teacher is not None or args.student is not None:
+        if args.pair is not None:
+            raise SwdError("--pair: draws the shipped pairs; leave it out when giving --teacher/--student")
+        if args.teacher is None or args.student is None:
+            raise SwdError("--teacher/--student: give both (or neither, for the shipped pairs)")
+        return [("", args.teacher, args.student, args.prompt or DEMO_PROMPTS, args.out)]
+    names = list(DEMO_PAIRS) if args.pair in (None, "all") else [args.pair]
+    out = Path(args.out)
+    jobs = []
+    for name in names:
+        teacher, student, prompts = DEMO_PAIRS[name]
+        # The first pair keeps --out itself; the others add their name before the suffix.
+        path = out if name == names[0] else out.with_name(f"{out.stem}-{name}{out.suffix}")
+        jobs.append((name if len(names) > 1 else "", str(teacher), str(student), args.prompt or prompts, str(path)))
+    return jobs
+
+
+def _demo_pair(teacher_path: str, student_path: str, prompts: list[str], out: str, args) -> None:
+    from swd.images import save_grid
+
+    teacher, _ = load_with_schedule(teacher_path, "--teacher")
+    student, schedule = load_with_schedule(student_path, "--student")
     if schedule is None:
-        raise SwdError(f"--student: {args.student} has no schedule.yaml (a distilled student folder has one)")
-    prompts = list(pool[: args.n])
+        raise SwdError(f"--student: {student_path} has no schedule.yaml (a distilled student folder has one)")
     cond, uncond = encode_prompts(prompts)
     set_threads(args.threads, len(prompts))
     # One warm-up call each so the timings below measure sampling, not first-call set-up.
@@ -128,7 +160,7 @@ def _cmd_demo(args) -> int:
     timings["student"] = time.perf_counter() - start
     grid = torch.cat([teacher_images, plain_images, student_images])
     scales = "->".join(str(s[0]) for s in schedule.scales)
-    save_grid(grid, args.out, ncol=len(prompts), labels=prompts + [""] * (2 * len(prompts)),
+    save_grid(grid, out, ncol=len(prompts), labels=prompts + [""] * (2 * len(prompts)),
               scale=max(2, 128 // grid.shape[-1]),  # 32 px images get 128 px cells, room for their captions
               row_titles=[f"teacher 28 steps CFG {args.guidance}", f"teacher, {schedule.steps} scale-wise steps, undistilled",
                           f"SwD student {schedule.steps} steps {scales} px"])
@@ -147,8 +179,7 @@ def _cmd_demo(args) -> int:
     print(f"SwD student ({schedule.steps} steps, {scales} px): {timings['student']:.2f} s for {n} images "
           f"({timings['student'] / n * 1000:.0f} ms/image, {gflops['student']:.2f} GFLOPs/image); "
           f"speed-up {timings['teacher'] / timings['student']:.1f}x")
-    print(f"grid: {args.out} (rows: teacher, undistilled teacher in {schedule.steps} steps, SwD student)")
-    return 0
+    print(f"grid: {out} (rows: teacher, undistilled teacher in {schedule.steps} steps, SwD student)")
 
 
 def _check_grid_memory(images: int, size: int, where: str) -> None:
