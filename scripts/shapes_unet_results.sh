@@ -35,7 +35,7 @@ python scripts/shapes_unet_fidelity.py --out $D/fidelity.json swd-4=runs/swd-sha
 swd report --evals $D --out docs/RESULTS.md --name shapes-unet --plots $D \
   --logs swd=runs/swd-shapes-unet-cpu/log.jsonl mmd-only=runs/mmd-shapes-unet-cpu/log.jsonl \
   dmd-only=runs/dmd-shapes-unet-cpu/log.jsonl dmd2-full=runs/dmd2full-shapes-unet-cpu/log.jsonl
-swd demo --out $D/demo.png
+swd demo --pair shapes --out $D/demo.png
 
 # 4. Fourth session (2026-12-02): the continued teacher (init from the shipped one, see
 # docs/TEACHER_RECIPES.md; lr cooled linearly from step 4200) and its SwD student with the
