@@ -38,3 +38,9 @@ swd report --evals $D --out docs/RESULTS.md --name emoji-unet --plots $D \
   --logs swd=docs/results/logs/emoji-unet-swd.jsonl dmd2-full=docs/results/logs/emoji-unet-dmd2full.jsonl \
   mmd-only=docs/results/logs/emoji-unet-mmd.jsonl dmd-only=docs/results/logs/emoji-unet-dmd.jsonl
 swd demo --pair emoji --out $D/demo.png
+
+# 4. Sixth session, at its end: 6 scale-wise steps (16 -> 32 px, the last scale repeated).
+S6=configs/schedules/testbed32-6.yaml
+swd distill --config $C --set schedule=$S6 --set run_dir=runs/swd6-emoji-unet-cpu
+$E --model $T --schedule $S6 --out $D/8-undistilled-swd-6
+$E --model runs/swd6-emoji-unet-cpu/student --out $D/9-swd-6

@@ -65,3 +65,10 @@ $E --model runs/dmd2full-shapes-unet-v2/student --out $D2/4-dmd2-full-4
 swd report --evals $D2 --out docs/RESULTS.md --name shapes-unet-v2 --plots $D2 \
   --logs swd=docs/results/logs/shapes-unet-v2-swd.jsonl mmd-only=docs/results/logs/shapes-unet-v2-mmd-only.jsonl \
   dmd-only=docs/results/logs/shapes-unet-v2-dmd-only.jsonl dmd2-full=docs/results/logs/shapes-unet-v2-dmd2-full.jsonl
+
+# 6. Sixth session (2026-12-03): 6 scale-wise steps (16 -> 32 px, the last scale repeated).
+S6=configs/schedules/testbed32-6.yaml
+swd distill --config $C --set teacher=swd/weights/shapes-unet-teacher --set generator.decay_steps=104 \
+  --set schedule=$S6 --set run_dir=runs/swd6-shapes-unet-v2
+$E --model swd/weights/shapes-unet-teacher --schedule $S6 --out $D2/8-undistilled-swd-6
+$E --model runs/swd6-shapes-unet-v2/student --out $D2/9-swd-6
