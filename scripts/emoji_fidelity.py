@@ -87,10 +87,11 @@ def main() -> None:
         text = evaluator.text_embed(pooled.to(evaluator.device)).float().cpu()
 
         def retrieve(images):
-            emb = extract(evaluator, at_sample_size(images, images.shape[-1], size), what="embed")
+            # Samples are at the teacher's size already; the real images are area-downscaled to it.
+            emb = extract(evaluator, at_sample_size(images, teacher_size, size), what="embed")
             return {k: round(v, 4) for k, v in retrieval(emb, text, heldin_captions).items() if k.startswith("i2t")}
 
-        ceiling = retrieve(torch.nn.functional.interpolate(heldin_real, size=(teacher_size, teacher_size), mode="area"))
+        ceiling = retrieve(heldin_real)
         print("real held-in images", json.dumps(ceiling), flush=True)
     results, reference = {}, None
     for label, (model, schedule) in runs.items():
